@@ -1,0 +1,173 @@
+"""dspex: a runtime for DSPy-style language-model programs.
+
+The public API is the names in ``__all__``. They load lazily (PEP 562), so
+``import dspex`` stays small and never imports DSPy or any other heavy library.
+
+    native/    in-process: signatures, adapters, LM clients, Predict, cache, retrieval
+    pool/      supervised worker processes (our Snakepit)
+    bridge/    DSPy exposed as pool handlers (imported only inside workers)
+    router.py  picks native or worker per call; api.py is the operation layer
+    pipeline/  steps that mix native and worker execution
+    local/     the embedded default model, run as a managed service
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    CallTimeout,
+    CheckFailed,
+    ConfigError,
+    ContextWindowExceeded,
+    DspexError,
+    HandlerNotFound,
+    ImplementationUnavailable,
+    LMAuthError,
+    LMBadResponse,
+    LMError,
+    LMRateLimited,
+    LMTimeout,
+    LMTransportError,
+    LocalModelError,
+    ParseError,
+    PipelineError,
+    PoolClosed,
+    PoolError,
+    PoolOverloaded,
+    ProtocolError,
+    RemoteError,
+    SessionLost,
+    SignatureError,
+    StepFailed,
+    TemplateError,
+    WorkerCrashed,
+    WorkerStartError,
+)
+from .settings import Usage, context, current, load_config
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (relative to this package)
+_LAZY: dict[str, str] = {
+    # native core
+    "Signature": ".native.signature",
+    "InputField": ".native.signature",
+    "OutputField": ".native.signature",
+    "ChatAdapter": ".native.adapters",
+    "JSONAdapter": ".native.adapters",
+    "Example": ".native.values",
+    "Prediction": ".native.values",
+    "Template": ".native.template",
+    "LM": ".native.lm",
+    "Predict": ".native.predict",
+    "ChainOfThought": ".native.predict",
+    "BM25": ".native.retrieve",
+    # the implementation-agnostic API (router-backed)
+    "signature": ".api",
+    "compile_signature": ".api",
+    "predict": ".api",
+    "apredict": ".api",
+    "predictor": ".api",
+    "chain_of_thought": ".api",
+    "react": ".api",
+    "optimize": ".api",
+    "aoptimize": ".api",
+    "retrieve": ".api",
+    "aretrieve": ".api",
+    "explain": ".api",
+    "router_stats": ".api",
+    # pipelines
+    "pipeline": ".pipeline",
+    "Pipeline": ".pipeline",
+    "worker": ".pipeline",
+    "parallel": ".pipeline",
+    "branch": ".pipeline",
+    "fan_out": ".pipeline",
+}
+
+__all__ = [
+    "__version__",
+    # settings
+    "context",
+    "current",
+    "load_config",
+    "Usage",
+    # errors
+    "DspexError",
+    "ConfigError",
+    "SignatureError",
+    "TemplateError",
+    "ParseError",
+    "CheckFailed",
+    "LMError",
+    "LMRateLimited",
+    "LMTimeout",
+    "LMAuthError",
+    "ContextWindowExceeded",
+    "LMBadResponse",
+    "LMTransportError",
+    "PoolError",
+    "WorkerStartError",
+    "WorkerCrashed",
+    "CallTimeout",
+    "PoolOverloaded",
+    "SessionLost",
+    "PoolClosed",
+    "ProtocolError",
+    "HandlerNotFound",
+    "RemoteError",
+    "ImplementationUnavailable",
+    "PipelineError",
+    "StepFailed",
+    "LocalModelError",
+    *_LAZY,
+    "native",  # the in-process package; calling it builds a native pipeline step
+    "pool",
+    "testing",
+]
+
+_SUBPACKAGES = {"native", "pool", "testing", "bridge", "pipeline", "local", "router", "api"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dspex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .api import (
+        aoptimize,
+        apredict,
+        aretrieve,
+        chain_of_thought,
+        compile_signature,
+        explain,
+        optimize,
+        predict,
+        predictor,
+        react,
+        retrieve,
+        router_stats,
+        signature,
+    )
+    from .native.adapters import ChatAdapter, JSONAdapter
+    from .native.lm import LM
+    from .native.predict import ChainOfThought, Predict
+    from .native.retrieve import BM25
+    from .native.signature import InputField, OutputField, Signature
+    from .native.template import Template
+    from .native.values import Example, Prediction
+    from . import native, pool, testing
+    from .pipeline import Pipeline, branch, fan_out, parallel, pipeline, worker
