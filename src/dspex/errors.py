@@ -26,6 +26,7 @@
     ├── ImplementationUnavailable   the router cannot run this here; says what to install
     ├── PipelineError               a pipeline is miswired; .problems lists them all
     ├── StepFailed                  a pipeline step failed at run time; .step, .cause
+    ├── StepTimeout (TimeoutError)  a pipeline step passed its timeout= (retryable); .step, .timeout
     └── LocalModelError             the embedded model is missing or would not start
 
 Every class has ``retryable``: True where trying the same call again can succeed
@@ -64,6 +65,7 @@ __all__ = [
     "ImplementationUnavailable",
     "PipelineError",
     "StepFailed",
+    "StepTimeout",
     "LocalModelError",
 ]
 
@@ -254,6 +256,18 @@ class StepFailed(DspexError):
         self.cause = cause
         self.retryable = bool(getattr(cause, "retryable", False))
         super().__init__(f"step {step!r} failed: {type(cause).__name__}: {cause}")
+
+
+class StepTimeout(DspexError, TimeoutError):
+    """A pipeline step ran past its ``timeout=``; it was cancelled (retryable)."""
+
+    retryable = True
+
+    def __init__(self, step: str, timeout: float):
+        self.step = step
+        self.timeout = timeout
+        super().__init__(f"step {step!r} did not finish within its timeout of {timeout:g}s; "
+                         "raise timeout= or make the step faster")
 
 
 class LocalModelError(DspexError):
