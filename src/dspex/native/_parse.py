@@ -1,0 +1,550 @@
+"""Turning LM text into typed values, as DSPy 3.4.1 does, without pydantic.
+
+DSPy's ``parse_value(value, annotation)``:
+
+1. ``str`` fields take the text as is; ``Literal`` fields accept the text, stripped,
+   with ``Literal[...]`` / quotes removed;
+2. other text goes through ``json_repair.loads``; when that finds nothing,
+   ``ast.literal_eval``; when that fails too, the text itself;
+3. the candidate is validated by pydantic (lax mode): ``"7.0"`` -> 7 for int,
+   ``"yes"`` -> True for bool, ``["1"]`` -> [1] for list[int], unions in
+   pydantic's "smart" order (exact matches first, then the first lax match).
+
+``loads_lenient`` reproduces json_repair for the cases LMs produce (strict JSON,
+code fences, text around one JSON value, single quotes, Python ``True``/``None``,
+unquoted words, trailing or missing commas, missing closing brackets). The
+validators reproduce pydantic's lax rules for the supported types.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["Invalid", "loads_lenient", "parse_value", "validator"]
+
+NoneType = type(None)
+
+
+class Invalid(ValueError):
+    """A value does not fit the declared type."""
+
+
+# --------------------------------------------------------------------------- lenient JSON
+
+_NOTHING = ""  # what json_repair returns when it finds no JSON
+_json_loads = json.loads
+_WS = " \t\n\r"
+
+
+class _Repair:
+    """A forgiving JSON reader in the spirit of json_repair (the common cases)."""
+
+    __slots__ = ("n", "pos", "text")
+
+    def __init__(self, text: str, pos: int) -> None:
+        self.text = text
+        self.pos = pos
+        self.n = len(text)
+
+    def ws(self) -> None:
+        text, n, pos = self.text, self.n, self.pos
+        while pos < n:
+            ch = text[pos]
+            if ch in _WS:
+                pos += 1
+            elif (ch == "/" and text.startswith("//", pos)) or ch == "#":
+                nl = text.find("\n", pos)
+                pos = n if nl < 0 else nl + 1
+            else:
+                break
+        self.pos = pos
+
+    def value(self, depth: int = 0) -> Any:
+        if depth > 200:
+            raise Invalid("too deeply nested")
+        self.ws()
+        if self.pos >= self.n:
+            return _NOTHING
+        ch = self.text[self.pos]
+        if ch == "{":
+            return self.obj(depth)
+        if ch == "[":
+            return self.arr(depth)
+        if ch in "\"'":
+            return self.string()
+        return self.bare(stop=",]}\n")
+
+    def obj(self, depth: int) -> dict[str, Any]:
+        self.pos += 1
+        out: dict[str, Any] = {}
+        text = self.text
+        while True:
+            self.ws()
+            if self.pos >= self.n:
+                return out
+            ch = text[self.pos]
+            if ch == "}":
+                self.pos += 1
+                return out
+            if ch == ",":
+                self.pos += 1
+                continue
+            if ch in "\"'":
+                key = self.string()
+            else:
+                key = self.bare(stop=":,}\n")
+                if key is _NOTHING or not isinstance(key, str):
+                    key = str(key)
+            self.ws()
+            if self.pos < self.n and text[self.pos] == ":":
+                self.pos += 1
+                val = self.value(depth + 1)
+            else:
+                val = _NOTHING
+            out[str(key)] = val
+            if self.pos < self.n and text[self.pos] == "]":
+                self.pos += 1  # a stray closer: skip it
+
+    def arr(self, depth: int) -> list[Any]:
+        self.pos += 1
+        out: list[Any] = []
+        text = self.text
+        while True:
+            self.ws()
+            if self.pos >= self.n:
+                return out
+            ch = text[self.pos]
+            if ch == "]":
+                self.pos += 1
+                return out
+            if ch == ",":
+                self.pos += 1
+                continue
+            if ch == "}":
+                self.pos += 1
+                continue
+            start = self.pos
+            out.append(self.value(depth + 1))
+            if self.pos == start:  # no progress: skip the character
+                self.pos += 1
+
+    def string(self) -> str:
+        text, n = self.text, self.n
+        quote = text[self.pos]
+        start = self.pos + 1
+        if quote == '"':
+            # fast path: a well-formed JSON string
+            end = text.find('"', start)
+            if end >= 0 and "\\" not in text[start:end]:
+                self.pos = end + 1
+                return text[start:end]
+        out: list[str] = []
+        pos = start
+        while pos < n:
+            ch = text[pos]
+            if ch == quote:
+                self.pos = pos + 1
+                return "".join(out)
+            if ch == "\\" and pos + 1 < n:
+                nxt = text[pos + 1]
+                esc = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"', "'": "'"}
+                if nxt in esc:
+                    out.append(esc[nxt])
+                    pos += 2
+                    continue
+                if nxt == "u" and pos + 6 <= n:
+                    try:
+                        out.append(chr(int(text[pos + 2 : pos + 6], 16)))
+                        pos += 6
+                        continue
+                    except ValueError:
+                        pass
+            out.append(ch)
+            pos += 1
+        self.pos = n
+        return "".join(out)
+
+    def bare(self, stop: str) -> Any:
+        text, n = self.text, self.n
+        start = self.pos
+        pos = start
+        while pos < n and text[pos] not in stop:
+            pos += 1
+        self.pos = pos
+        word = text[start:pos].strip()
+        return _bare_word(word)
+
+
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_WORDS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+
+def _bare_word(word: str) -> Any:
+    if word in _WORDS:
+        return _WORDS[word]
+    if _NUMBER.fullmatch(word):
+        return _json_loads(word)
+    return word
+
+
+def loads_lenient(text: str) -> Any:
+    """Parse ``text`` like ``json_repair.loads``; ``""`` when it holds no JSON value."""
+    try:
+        return _json_loads(text)
+    except ValueError:
+        pass
+    except RecursionError:
+        return _NOTHING
+    stripped = text.strip()
+    if not stripped:
+        return _NOTHING
+    brace = stripped.find("{")
+    bracket = stripped.find("[")
+    if brace < 0 and bracket < 0:
+        return _NOTHING  # a bare word or sentence: json_repair finds nothing
+    start = brace if bracket < 0 or (0 <= brace < bracket) else bracket
+    try:
+        return _Repair(stripped, start).value()
+    except (Invalid, RecursionError):
+        return _NOTHING
+
+
+def literal_eval(text: str) -> Any:
+    """``ast.literal_eval`` (a literal parser, never evaluation), any failure -> the text."""
+    if len(text) > 100_000:
+        return text
+    import ast  # only for replies that are not JSON
+
+    try:
+        return ast.literal_eval(text)
+    except Exception:  # ValueError, SyntaxError, MemoryError, RecursionError, ...
+        return text
+
+
+# --------------------------------------------------------------------------- validators
+
+Validator = Callable[[Any, bool], Any]  # (value, strict) -> value, raises Invalid
+
+_INT_TEXT = re.compile(r"[+-]?\d+(?:_\d+)*(?:\.0*)?")
+_FLOAT_TEXT = re.compile(
+    r"[+-]?(?:(?:\d+(?:_\d+)*)?\.?\d+(?:_\d+)*(?:[eE][+-]?\d+)?|\d+\.|inf|infinity|nan)", re.IGNORECASE
+)
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def _fail(value: Any, what: str) -> Invalid:
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return Invalid(f"{text} is not a valid {what}")
+
+
+def _v_any(value: Any, strict: bool) -> Any:
+    return value
+
+
+def _v_str(value: Any, strict: bool) -> Any:
+    if isinstance(value, str):
+        return value if type(value) is str else str(value)
+    if not strict and isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    raise _fail(value, "string")
+
+
+def _v_int(value: Any, strict: bool) -> Any:
+    t = type(value)
+    if t is int:
+        return value
+    if strict:
+        raise _fail(value, "integer")
+    if t is bool:
+        return int(value)
+    if t is float:
+        if value.is_integer():
+            return int(value)
+        raise _fail(value, "integer (it has a fractional part)")
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(value, "integer") from None
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isascii() and _INT_TEXT.fullmatch(s):
+            return int(s.split(".", 1)[0].replace("_", ""))
+    raise _fail(value, "integer")
+
+
+def _v_float(value: Any, strict: bool) -> Any:
+    t = type(value)
+    if t is float:
+        return value
+    if t is int:
+        return float(value)
+    if strict:
+        raise _fail(value, "number")
+    if t is bool:
+        return float(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _fail(value, "number") from None
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isascii() and _FLOAT_TEXT.fullmatch(s):
+            try:
+                return float(s)
+            except ValueError:
+                pass
+    raise _fail(value, "number")
+
+
+def _v_bool(value: Any, strict: bool) -> Any:
+    t = type(value)
+    if t is bool:
+        return value
+    if strict:
+        raise _fail(value, "boolean")
+    if t is int or t is float:
+        if value == 0:
+            return False
+        if value == 1:
+            return True
+    elif isinstance(value, str):
+        low = value.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise _fail(value, "boolean")
+
+
+def _v_none(value: Any, strict: bool) -> Any:
+    if value is None:
+        return None
+    raise _fail(value, "null/None")
+
+
+_SEQUENCES = (list, tuple, set, frozenset)
+
+
+def _make_list(item: Validator | None, out_type: type) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        if strict:
+            ok = type(value) is out_type or (out_type is set and type(value) is set)
+        else:
+            ok = isinstance(value, _SEQUENCES)
+        if not ok:
+            raise _fail(value, "list" if out_type is list else out_type.__name__)
+        if item is None:
+            return out_type(value)
+        return out_type(item(x, strict) for x in value)
+
+    return v
+
+
+def _make_tuple(items: list[Validator]) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        if not (type(value) is tuple if strict else isinstance(value, _SEQUENCES)):
+            raise _fail(value, "tuple")
+        seq = list(value)
+        if len(seq) != len(items):
+            raise Invalid(f"expected {len(items)} items, got {len(seq)}")
+        return tuple(f(x, strict) for f, x in zip(items, seq, strict=True))
+
+    return v
+
+
+def _make_dict(key: Validator | None, val: Validator | None) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        if not (type(value) is dict if strict else isinstance(value, Mapping)):
+            raise _fail(value, "dictionary")
+        if key is None and val is None:
+            return dict(value)
+        kf = key or _v_any
+        vf = val or _v_any
+        return {kf(k, strict): vf(x, strict) for k, x in value.items()}
+
+    return v
+
+
+def _make_literal(allowed: tuple[Any, ...]) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        for a in allowed:
+            # pydantic looks values up by equality/hash: 1 matches True, "1" matches nothing but "1".
+            if type(a) is str:
+                if type(value) is str and value == a:
+                    return a
+            elif a is None:
+                if value is None:
+                    return None
+            elif not isinstance(value, str) and value == a and not (strict and type(value) is not type(a)):
+                return a
+        raise Invalid(f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+
+    return v
+
+
+def _make_union(members: list[Validator]) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        for f in members:  # exact (strict) matches first, in declaration order
+            try:
+                return f(value, True)
+            except Invalid:
+                pass
+        if not strict:
+            for f in members:
+                try:
+                    return f(value, False)
+                except Invalid:
+                    pass
+        raise _fail(value, "value for any member of the union")
+
+    return v
+
+
+def _make_enum(cls: type[enum.Enum]) -> Validator:
+    def v(value: Any, strict: bool) -> Any:
+        if isinstance(value, cls):
+            return value
+        for member in cls:
+            if member.value == value:
+                return member
+        raise _fail(value, cls.__name__)
+
+    return v
+
+
+def _make_pydantic(annotation: Any) -> Validator:
+    adapter: list[Any] = []
+
+    def v(value: Any, strict: bool) -> Any:
+        import pydantic  # exotic types only (class-based signatures with models etc.)
+
+        if not adapter:
+            adapter.append(pydantic.TypeAdapter(annotation))
+        try:
+            return adapter[0].validate_python(value, strict=strict or None)
+        except pydantic.ValidationError as e:
+            raise Invalid(str(e)) from None
+
+    return v
+
+
+_SIMPLE: dict[Any, Validator] = {
+    str: _v_str,
+    int: _v_int,
+    float: _v_float,
+    bool: _v_bool,
+    NoneType: _v_none,
+    Any: _v_any,
+}
+_validators: dict[Any, Validator] = {}
+
+
+def validator(annotation: Any) -> Validator:
+    """The (cached) validator for ``annotation``."""
+    try:
+        return _validators[annotation]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable annotation
+        return _build(annotation)
+    v = _build(annotation)
+    if len(_validators) < 4096:
+        _validators[annotation] = v
+    return v
+
+
+def _build(t: Any) -> Validator:
+    simple = _SIMPLE.get(t)
+    if simple is not None:
+        return simple
+    if t in (list, tuple, set, frozenset):
+        return _make_list(None, t)
+    if t is dict:
+        return _make_dict(None, None)
+    if isinstance(t, type) and issubclass(t, enum.Enum):
+        return _make_enum(t)
+    origin = typing.get_origin(t)
+    args = typing.get_args(t)
+    if origin in (list, set, frozenset):
+        return _make_list(validator(args[0]) if args else None, origin)
+    if origin is tuple:
+        if not args:
+            return _make_list(None, tuple)
+        if len(args) == 2 and args[1] is ...:
+            return _make_list(validator(args[0]), tuple)
+        if args == ((),):
+            return _make_tuple([])
+        return _make_tuple([validator(a) for a in args])
+    if origin is dict:
+        if not args:
+            return _make_dict(None, None)
+        return _make_dict(validator(args[0]), validator(args[1]))
+    if origin is typing.Literal:
+        return _make_literal(args)
+    if origin in (typing.Union, types.UnionType):
+        return _make_union([validator(a) for a in args])
+    return _make_pydantic(t)
+
+
+# --------------------------------------------------------------------------- parse_value
+
+
+def _find_enum_member(cls: type[enum.Enum], identifier: Any) -> Any:
+    for member in cls:
+        if member.value == identifier:
+            return member
+    if identifier in cls.__members__:
+        return cls[identifier]
+    raise Invalid(f"{identifier} is not a valid name or value for the enum {cls.__name__}")
+
+
+def _allows_str_and_none(annotation: Any) -> bool:
+    args = typing.get_args(annotation)
+    return NoneType in args and str in args
+
+
+def parse_value(value: Any, annotation: Any) -> Any:
+    """DSPy's ``parse_value``: coerce ``value`` (LM text or parsed JSON) to ``annotation``."""
+    if annotation is str:
+        return value if type(value) is str else str(value)
+    if isinstance(annotation, enum.EnumMeta):
+        return _find_enum_member(annotation, value)  # type: ignore[arg-type]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        allowed = typing.get_args(annotation)
+        try:
+            if value in allowed:
+                return value  # as DSPy: the value itself (True for Literal[1])
+        except Exception:  # an exotic value whose == raises
+            pass
+        if isinstance(value, str):
+            v = value.strip()
+            if v.startswith(("Literal[", "str[")) and v.endswith("]"):
+                v = v[v.find("[") + 1 : -1]
+            if len(v) > 1 and v[0] == v[-1] and v[0] in "\"'":
+                v = v[1:-1]
+            if v in allowed:
+                return v
+            value = v
+    if not isinstance(value, str):
+        return validator(annotation)(value, False)
+    if origin in (typing.Union, types.UnionType) and _allows_str_and_none(annotation):
+        return validator(annotation)(value, False)
+    candidate = loads_lenient(value)
+    if type(candidate) is str and candidate == "" and value != "":
+        candidate = literal_eval(value)
+    return validator(annotation)(candidate, False)
