@@ -31,7 +31,8 @@ def find_runner() -> Path:
         if path.is_file():
             return path
         raise EnvironmentProblem(
-            f"DSPEX_BENCH_DIR={explicit} has no run_all.py", "point DSPEX_BENCH_DIR at the bench/ folder of a dspex checkout"
+            f"DSPEX_BENCH_DIR={explicit} has no run_all.py",
+            "point DSPEX_BENCH_DIR at the bench/ folder of a dspex checkout",
         )
     cwd = Path.cwd()
     candidates += [folder / "bench" / "run_all.py" for folder in (cwd, *cwd.parents)]
