@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         "The result is written atomically: --out appears only when the run succeeds.",
     )
     p.add_argument("program", help="program state JSON (as written by Predict.save / DSPy module.save)")
+    p.add_argument(
+        "--signature",
+        "-s",
+        required=True,
+        metavar="SIG",
+        help='the program\'s signature, e.g. "question -> answer" (DSPy state files do not record field names)',
+    )
+    p.add_argument(
+        "--cot", action="store_true", help="the program is a ChainOfThought (auto-detected from the file)"
+    )
     p.add_argument("--trainset", required=True, metavar="FILE", help="JSONL, one example object per line")
     p.add_argument("--valset", metavar="FILE", help="JSONL validation set (optional)")
     p.add_argument(

@@ -107,19 +107,46 @@ def _cwd_on_path() -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join([cwd, *parts])
 
 
-def load_program(path: Path) -> Any:
-    """The program from a state JSON file (``Predict.load`` understands DSPy's shape)."""
+def load_program(path: Path, signature: str, cot: bool) -> Any:
+    """The program: ``Predict`` (or ``ChainOfThought``) of ``signature`` with the file's state.
+
+    DSPy's state shape has no field names, so the signature comes from the command
+    line; a ChainOfThought state (nested under ``"predict"``) is recognised by itself.
+    """
     if not path.is_file():
         raise UsageError(f"program file {str(path)!r} does not exist", "check the path")
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise UsageError(
             f"program file {path} is not valid JSON ({exc})", "pass a file written by Predict.save"
         ) from None
+    if not isinstance(state, dict):
+        raise UsageError(
+            f"program file {path} must hold a JSON object", "pass a file written by Predict.save"
+        )
     import dspex
 
-    return dspex.Predict.load(str(path))
+    nested = isinstance(state.get("predict"), dict) and "signature" not in state
+    program = dspex.ChainOfThought(signature) if (cot or nested) else dspex.Predict(signature)
+    n_fields = len(program.signature.fields)
+    saved = (state.get("predict") if nested else state) or {}
+    saved_fields = (saved.get("signature") or {}).get("fields")
+    if isinstance(saved_fields, list) and saved_fields and len(saved_fields) != n_fields:
+        raise UsageError(
+            f"program file {path} has {len(saved_fields)} fields but --signature {signature!r} gives {n_fields}",
+            "pass the signature the program was saved with (with --cot for a ChainOfThought)",
+        )
+    try:
+        return program.load(str(path))
+    except (KeyError, TypeError, ValueError) as exc:
+        from ..errors import DspexError
+
+        if isinstance(exc, DspexError):
+            raise
+        raise UsageError(
+            f"program file {path} is not a program state ({exc})", "pass a file written by Predict.save"
+        ) from None
 
 
 def _input_fields(program: Any) -> list[str] | None:
@@ -282,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
 
     train_rows = read_jsonl(Path(args.trainset), "trainset")
     val_rows = read_jsonl(Path(args.valset), "valset") if args.valset else None
-    program = load_program(program_path)
+    program = load_program(program_path, args.signature, args.cot)
     fields = _input_fields(program)
     check_examples(train_rows, Path(args.trainset), "trainset", fields)
     if val_rows is not None:

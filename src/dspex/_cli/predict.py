@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from .common import (
+    EnvironmentProblem,
     UsageError,
     emit_json,
     lm_from_args,
@@ -48,17 +49,48 @@ def collect_inputs(sig: Any, pairs: list[str], input_json: str | None) -> dict[s
     return inputs
 
 
+def _operations(impl: str | None) -> tuple[Any, Any, Any]:
+    """(signature, predict, chain_of_thought): the router-backed API, else native Predict.
+
+    The native fallback serves ``--impl auto|native`` when ``dspex.api`` is not
+    part of this install; ``--impl dspy`` needs the API (it routes to a worker pool).
+    """
+    try:
+        from .. import api
+
+        return api.signature, api.predict, api.chain_of_thought
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("dspex"):
+            raise
+        if impl == "dspy":
+            raise EnvironmentProblem(
+                "--impl dspy needs dspex.api, which this install lacks",
+                "reinstall dspex, or use --impl native",
+            ) from None
+    from ..native.predict import ChainOfThought, Predict
+    from ..native.signature import signature
+
+    def predict(sig: Any, inputs: dict[str, Any], lm: Any = None, **_: Any) -> Any:
+        return Predict(sig)(**inputs, lm=lm)
+
+    def chain_of_thought(sig: Any, inputs: dict[str, Any], lm: Any = None, **_: Any) -> Any:
+        return ChainOfThought(sig)(**inputs, lm=lm)
+
+    return signature, predict, chain_of_thought
+
+
 def run(args: argparse.Namespace) -> int:
     import dspex
 
+    make_signature, predict, chain_of_thought = _operations(args.impl)
     sig = (
-        dspex.signature(args.signature, instructions=args.instructions)
+        make_signature(args.signature, instructions=args.instructions)
         if args.instructions
-        else dspex.signature(args.signature)
+        else make_signature(args.signature)
     )
     inputs = collect_inputs(sig, args.inputs, args.input_json)
     lm = lm_from_args(args)
-    op = dspex.chain_of_thought if args.cot else dspex.predict
+    op = chain_of_thought if args.cot else predict
     kwargs: dict[str, Any] = {}
     if args.impl:
         kwargs["impl"] = args.impl
