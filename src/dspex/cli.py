@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--input-json", metavar="JSON", help="all inputs as one JSON object")
     p.add_argument("--trace", action="store_true", help="print the step trace (human output)")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help='allow importing code the file references, e.g. "mypkg.steps:*" (repeatable)',
+    )
     _add_lm_flags(p)
 
     # optimize

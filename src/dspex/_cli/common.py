@@ -82,10 +82,16 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
     api_base = getattr(args, "api_base", None) if args is not None else None
     msg = _one_line(str(exc))
     if isinstance(exc, e.StepFailed) and isinstance(exc.cause, BaseException):
-        code, _, fix = classify(exc.cause, args)
-        return (code if code != EXIT_USAGE else EXIT_RUNTIME), msg, fix
+        code, what, fix = classify(exc.cause, args)
+        return (code if code != EXIT_USAGE else EXIT_RUNTIME), f"step {exc.step!r}: {what}", fix
     if isinstance(exc, e.PipelineError):
-        return EXIT_USAGE, "pipeline is miswired: " + "; ".join(exc.problems), "fix the pipeline file"
+        problems = "; ".join(" ".join(p.split()) for p in exc.problems)
+        fix = "fix the pipeline file or the inputs"
+        if "input" in problems and "missing" in problems:
+            fix = "pass it with --input NAME=VALUE (or --input-json '{...}')"
+        elif "not allowed" in problems:
+            fix = "let `dspex run` import that code with --allow 'module:*' (or --allow module:function)"
+        return EXIT_USAGE, f"pipeline problem: {problems}", fix
     if isinstance(exc, e.SignatureError):
         return EXIT_USAGE, f"malformed signature: {msg}", 'write it as "in1, in2: type -> out1: type"'
     if isinstance(exc, e.TemplateError):

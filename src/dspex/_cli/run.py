@@ -1,8 +1,19 @@
-"""``dspex run pipeline.yaml --input k=v``: run a saved pipeline once."""
+"""``dspex run pipeline.yaml --input k=v``: run a saved pipeline once.
+
+Inputs: ``--input k=v`` (repeatable; ``v`` parsed as JSON when it parses, else kept
+as a string) over ``--input-json '{...}'``. Code the file references by
+``module:function`` is imported only when it matches an ``--allow`` pattern
+(``"mypkg.steps:*"``); the working directory is on the import path.
+
+Human output: the fields the run produced (inputs left out), then with ``--trace``
+the step table. ``--json``: ``{"pipeline", "inputs", "outputs", "result", "trace",
+"usage", "lm"}`` with ``trace`` as ``Trace.as_dict()``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,67 +40,55 @@ def run(args: argparse.Namespace) -> int:
         parse_json_object(args.input_json, what="--input-json") if args.input_json else {}
     )
     inputs.update(parse_kv(args.input, what="--input"))
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `module:function` references next to the pipeline file
 
-    import dspex
-    from dspex.pipeline import Pipeline
+    from ..errors import DspexError
+    from ..pipeline import Pipeline
 
     lm = lm_from_args(args)
     try:
-        pipe = Pipeline.load(path)
-    except (ValueError, KeyError, TypeError) as exc:
-        from dspex.errors import DspexError
-
-        if isinstance(exc, DspexError):
+        pipe = Pipeline.load(path, allow=list(args.allow), lm=lm)
+    except DspexError:
+        raise
+    except Exception as exc:
+        if not _is_file_problem(exc):
             raise
+        # yaml / json syntax errors and wrong shapes: the file is the problem.
         raise UsageError(
-            f"cannot load pipeline {str(path)!r}: {exc}", "check the file against Pipeline.save's format"
-        ) from exc
-    with dspex.context(lm=lm) as usage:
-        result = pipe.run(inputs)
-    outputs = _outputs(result)
-    trace = to_jsonable(getattr(result, "trace", None) or [])
+            f"cannot load pipeline {str(path)!r}: {' '.join(str(exc).split())}",
+            "check the file against what Pipeline.save writes",
+        ) from None
+    result = pipe.run(inputs, lm=lm)
+    data = dict(result)
+    outputs = {k: v for k, v in data.items() if k not in inputs}
+    trace = getattr(result, "trace", None)
+    trace_doc = trace.as_dict() if trace is not None and hasattr(trace, "as_dict") else None
     if args.json:
         emit_json(
             {
                 "pipeline": str(path),
                 "inputs": inputs,
                 "outputs": outputs,
-                "trace": trace,
+                "result": data,
+                "trace": trace_doc,
+                "usage": getattr(trace, "usage", None),
                 "lm": lm_label(lm),
-                "usage": usage.as_dict(),
             }
         )
         return 0
-    print_fields(outputs)
-    if args.trace and trace:
-        sys.stdout.write("\ntrace:\n")
-        for i, step in enumerate(trace, 1):
-            sys.stdout.write(f"  {i}. {_trace_line(step)}\n")
+    print_fields(to_jsonable(outputs))
+    if args.trace and trace is not None:
+        sys.stdout.write("\n" + (trace.table() if hasattr(trace, "table") else str(trace_doc)) + "\n")
     return 0
 
 
-def _outputs(result: Any) -> dict[str, Any]:
-    for attr in ("outputs", "values"):
-        value = getattr(result, attr, None)
-        if isinstance(value, dict):
-            return to_jsonable(value)
-    if hasattr(result, "items"):
-        return {str(k): to_jsonable(v) for k, v in result.items() if k != "trace"}
-    return {"result": to_jsonable(result)}
-
-
-def _trace_line(step: Any) -> str:
-    if not isinstance(step, dict):
-        return str(step)
-    name = step.get("step") or step.get("name") or "?"
-    parts = [str(name)]
-    for key in ("kind", "impl", "status"):
-        if step.get(key) is not None:
-            parts.append(f"{key}={step[key]}")
-    for key in ("elapsed_s", "duration_s", "seconds"):
-        if isinstance(step.get(key), (int, float)):
-            parts.append(f"{step[key] * 1000:.1f} ms")
-            break
-    if step.get("pid") is not None:
-        parts.append(f"pid={step['pid']}")
-    return "  ".join(parts)
+def _is_file_problem(exc: BaseException) -> bool:
+    """YAML/JSON syntax errors and wrong shapes: the file is the problem (a usage error)."""
+    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError)):
+        return True
+    try:
+        import yaml
+    except ImportError:
+        return False
+    return isinstance(exc, yaml.YAMLError)
