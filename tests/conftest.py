@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from dspex.testing import FakeLMServer  # noqa: E402
+from dspex.testing import FakeLMServer
 
 
 @pytest.fixture(scope="session")

@@ -164,6 +164,8 @@ class _Call:
 class LM:
     """A client for one model on one endpoint. Thread-safe and usable from any event loop."""
 
+    _backoff_base = 0.5  # seconds before the first retry (doubles per attempt, with jitter)
+
     def __init__(
         self,
         model: str,
@@ -496,7 +498,7 @@ class LM:
             if exc.retry_after > _MAX_RETRY_AFTER:
                 return None
             return exc.retry_after + random.uniform(0, 0.05)  # at least what the server asked for
-        return min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+        return min(30.0, self._backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
 
     # ----------------------------------------------------------------- sync
     def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
