@@ -194,9 +194,10 @@ def save_program(program: Any, path: Path) -> None:
 class Progress:
     """Shows the optimizer's progress events on stderr (rich bar, or plain lines)."""
 
-    def __init__(self, enabled: bool, title: str) -> None:
+    def __init__(self, enabled: bool, title: str, total_examples: int | None = None) -> None:
         self.enabled = enabled
         self.title = title
+        self.total_examples = total_examples
         self.events: list[dict[str, Any]] = []
         self._rich: Any = None
         self._task: Any = None
@@ -237,30 +238,29 @@ class Progress:
             self.events.append(to_jsonable(ev))
         if not self.enabled:
             return
-        done = _first(ev, "step", "done", "completed", "i", "trial", "round", "iteration")
-        total = _first(ev, "total", "steps", "num_trials", "trials", "rounds", "of")
-        stage = _first(ev, "stage", "phase", "event", "kind", "type")
+        kind = _first(ev, "kind", "stage", "phase", "event", "type")
+        done = _first(ev, "trial", "step", "done", "completed", "round", "iteration")
+        total = _first(ev, "of", "total", "num_trials", "trials", "rounds")
+        if done is None and kind == "metric" and self.total_examples:
+            # Bootstrap-style runs report metric calls: show them against the trainset size.
+            done, total = ev.get("calls"), self.total_examples
         info = _describe(ev)
         if self._rich is not None:
             update: dict[str, Any] = {"info": info}
             if isinstance(total, (int, float)):
                 update["total"] = total
             if isinstance(done, (int, float)):
-                update["completed"] = done
-            if isinstance(stage, str):
-                update["description"] = f"{self.title}: {stage}"
+                update["completed"] = min(done, total) if isinstance(total, (int, float)) else done
+            if kind == "stage" and ev.get("text"):
+                update["description"] = f"{self.title}: {ev['text']}"
             self._rich.update(self._task, **update)
             return
-        pos = (
-            f" {done}/{total}"
-            if done is not None and total is not None
-            else (f" {done}" if done is not None else "")
-        )
-        sys.stderr.write(f"[{stage or 'progress'}{pos}] {info}\n".replace(" ]", "]"))
+        pos = f" {done}/{total}" if done is not None and total is not None else ""
+        sys.stderr.write(f"[{kind or 'progress'}{pos}] {info}".rstrip() + "\n")
         sys.stderr.flush()
 
 
-_SHOWN = ("score", "best_score", "metric", "message", "msg", "candidate", "demos")
+_SHOWN = ("text", "message", "msg", "score", "best", "best_score", "mean", "calls")
 
 
 def _first(ev: dict[str, Any], *keys: str) -> Any:
@@ -278,7 +278,7 @@ def _describe(ev: dict[str, Any]) -> str:
             continue
         if isinstance(value, float):
             value = f"{value:.3f}"
-        parts.append(str(value) if key in ("message", "msg") else f"{key}={value}")
+        parts.append(str(value) if key in ("text", "message", "msg") else f"{key}={value}")
     return " ".join(parts)
 
 
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     if lm is not None:
         kwargs["lm"] = lm
     show = not args.no_progress
-    progress = Progress(show, f"optimize ({args.optimizer})")
+    progress = Progress(show, f"optimize ({args.optimizer})", len(trainset))
     key = _progress_kwarg(dspex.optimize)
     if key:
         kwargs[key] = progress
@@ -374,7 +374,7 @@ def _final_score(optimized: Any, events: list[dict[str, Any]]) -> Any:
         if isinstance(value, (int, float)):
             return value
     for ev in reversed(events):
-        for key in ("best_score", "score"):
+        for key in ("best", "best_score", "score"):
             if isinstance(ev.get(key), (int, float)):
                 return ev[key]
     return None
