@@ -113,7 +113,10 @@ def step_to_dict(step: Step, problems: list[str], where: str = "") -> dict[str, 
             d["writes"] = list(step.writes)
         elif step.mode == "module" and type(step.target).__module__.startswith("dspex.native"):
             d["predictor"] = type(step.target).__name__
-            d["signature"] = _sig_string(step.signature)
+            sig = step.signature
+            if d["predictor"] == "ChainOfThought" and "reasoning" in sig.output_fields:
+                sig = sig.delete("reasoning")  # ChainOfThought adds it again when loaded
+            d["signature"] = _sig_string(sig)
             dump = getattr(step.target, "dump_state", None)
             if callable(dump):
                 d["state"] = dump()

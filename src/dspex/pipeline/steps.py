@@ -379,7 +379,7 @@ class NativeStep(Step):
             self.mode = "module"
             self.signature = target.signature
             read_types, write_types = _sig_io(self.signature)
-            auto_name = "_".join(write_types) or type(target).__name__.lower()
+            auto_name = "_".join(n for n in write_types if n != "reasoning") or type(target).__name__.lower()
         elif callable(target):
             self.mode = "callable"
             required, opt, types, ret, _ = _callable_io(target)
@@ -391,6 +391,8 @@ class NativeStep(Step):
                 write_types = td
             elif w is None:
                 write_types = {name or auto_name: ret}
+            elif len(w) == 1:
+                write_types = {w[0]: ret}
         else:
             raise PipelineError(
                 f"dspex.native() needs a callable, a native module, a Template or a signature string, "

@@ -61,10 +61,11 @@ def _tname(tp: Any) -> str:
 
 def compatible(producer: Any, consumer: Any) -> bool:
     """Can a value typed ``producer`` feed a field typed ``consumer``? Unknown (None) is
-    compatible with everything; ``str`` consumers accept anything (formatted)."""
+    compatible with everything (signature ``str`` fields count as unknown: DSPy formats
+    any value for them)."""
     if producer is None or consumer is None or consumer in _ANY or producer in _ANY:
         return True
-    if consumer is str or producer == consumer:
+    if producer == consumer:
         return True
     c_origin, p_origin = typing.get_origin(consumer), typing.get_origin(producer)
     if c_origin in (typing.Union, types.UnionType):
