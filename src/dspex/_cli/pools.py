@@ -15,52 +15,45 @@ from typing import Any
 
 from .common import UsageError, emit_json, to_jsonable
 
-# Table columns: (header, stats keys tried in order). The pool layer's names come first.
-COLUMNS: list[tuple[str, tuple[str, ...]]] = [
-    ("size", ("size",)),
-    ("started", ("started",)),
-    ("workers", ("workers", "alive", "live_workers")),
-    ("queue", ("queue_depth", "queued", "queue")),
-    ("in_flight", ("in_flight", "inflight", "busy")),
-    ("calls", ("calls", "completed", "requests")),
-    ("errors", ("errors", "failed", "failures")),
-    ("restarts", ("restarts", "crashes")),
-    ("recycles", ("recycles", "recycled")),
-    ("p50_ms", ("p50_ms", "latency_p50_ms", "p50")),
-    ("p99_ms", ("p99_ms", "latency_p99_ms", "p99")),
-]
+# The table's columns after the name; JSON rows carry them plus handlers, affinity and raw stats.
+COLUMNS = ["size", "state", "workers", "queue", "in_flight", "calls", "errors", "restarts", "recycles",
+           "p50_ms", "p99_ms"]  # fmt: skip
 
 
-def _pick(stats: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if key in stats:
-            value = stats[key]
-            if isinstance(value, (list, tuple)) and key in ("workers", "alive"):
-                return len(value)
-            return value
-    latency = stats.get("latency_ms") or stats.get("latency")
-    if isinstance(latency, Mapping):
-        for key in keys:
-            short = key.replace("_ms", "").replace("latency_", "")
-            if short in latency:
-                return latency[short]
+def _ms(latency: Any, key: str) -> float | None:
+    if isinstance(latency, Mapping) and isinstance(latency.get(key), (int, float)):
+        return round(float(latency[key]) * 1000, 3)
     return None
 
 
 def row(name: str, config: Mapping[str, Any], stats: Mapping[str, Any] | None) -> dict[str, Any]:
-    """One pool as a flat dict: name, the COLUMNS, handlers, and the raw stats."""
+    """One pool as a flat dict: name, the COLUMNS, started, handlers, and the raw stats."""
     stats = dict(stats or {})
-    out: dict[str, Any] = {"name": name}
-    for header, keys in COLUMNS:
-        out[header] = _pick(stats, keys)
-    if out["size"] is None:
-        out["size"] = config.get("size")
-    if out["started"] is None:
-        out["started"] = bool(stats) and bool(out["workers"])
-    out["handlers"] = list(config.get("handlers") or [])
-    out["affinity"] = config.get("affinity")
-    out["stats"] = to_jsonable(stats)
-    return out
+    workers = stats.get("workers")
+    ready = (
+        sum(1 for w in workers if isinstance(w, Mapping) and w.get("state") == "ready")
+        if isinstance(workers, list)
+        else None
+    )
+    state = stats.get("state") or "not started"
+    return {
+        "name": name,
+        "size": stats.get("size", config.get("size")),
+        "state": state,
+        "started": state == "running",
+        "workers": ready,
+        "queue": stats.get("queue_depth"),
+        "in_flight": stats.get("in_flight"),
+        "calls": stats.get("calls"),
+        "errors": stats.get("errors"),
+        "restarts": stats.get("restarts"),
+        "recycles": stats.get("recycles"),
+        "p50_ms": _ms(stats.get("latency_s"), "p50"),
+        "p99_ms": _ms(stats.get("latency_s"), "p99"),
+        "handlers": list(stats.get("handlers") or config.get("handlers") or []),
+        "affinity": stats.get("affinity", config.get("affinity")),
+        "stats": to_jsonable(stats),
+    }
 
 
 def _manager_stats(names: list[str]) -> dict[str, Any]:
@@ -133,7 +126,7 @@ def _cell(value: Any) -> str:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    headers = ["name"] + [h for h, _ in COLUMNS]
+    headers = ["name", *COLUMNS]
     table = [headers] + [[_cell(r.get(h)) for h in headers] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(headers))]
     for line in table:
