@@ -84,6 +84,12 @@ def _ref(obj: Any, problems: list[str], where: str) -> str:
     return "?"
 
 
+def _reads(step: Step) -> Any:
+    if step.arg_map:
+        return {step.arg_map.get(f, f): f for f in step.reads}
+    return list(step.reads)
+
+
 def _common(step: Step, d: dict[str, Any], problems: list[str], where: str) -> dict[str, Any]:
     if step.timeout is not None:
         d["timeout"] = step.timeout
@@ -122,7 +128,7 @@ def step_to_dict(step: Step, problems: list[str], where: str = "") -> dict[str, 
                 d["state"] = dump()
         else:
             d["call"] = _ref(step.target, problems, where)
-            d["reads"] = list(step.reads)
+            d["reads"] = _reads(step)
             d["writes"] = list(step.writes)
             if step.inline:
                 d["inline"] = True
@@ -142,7 +148,7 @@ def step_to_dict(step: Step, problems: list[str], where: str = "") -> dict[str, 
                 d["state"] = step.state
         else:
             d["handler"] = step.handler
-            d["reads"] = list(step.reads)
+            d["reads"] = _reads(step)
             d["writes"] = list(step.writes)
         if step.params:
             d["params"] = dict(step.params)

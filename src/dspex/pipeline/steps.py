@@ -99,6 +99,16 @@ def current_step() -> StepContext:
     return ctx
 
 
+def _reads_spec(
+    value: str | Sequence[str] | Mapping[str, str] | None,
+) -> tuple[tuple[str, ...] | None, dict[str, str]]:
+    """(fields read, {field: parameter name}) from ``reads=``; a mapping is
+    ``{parameter: field}``: pass field ``field`` as the argument ``parameter``."""
+    if isinstance(value, Mapping):
+        return tuple(value.values()), {field: param for param, field in value.items() if param != field}
+    return _field_names(value), {}
+
+
 def _field_names(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -139,6 +149,7 @@ class Step:
         self.reads = tuple(reads)
         self.writes = tuple(writes)
         self.optional_reads = tuple(optional_reads)
+        self.arg_map: dict[str, str] = {}  # field -> argument name, from reads={param: field}
         self.read_types: dict[str, Any] = dict(read_types or {})
         self.write_types: dict[str, Any] = dict(write_types or {})
         self.timeout = timeout
@@ -171,7 +182,10 @@ class Step:
 
     # --- running -----------------------------------------------------------------
     def inputs_of(self, data: Mapping[str, Any]) -> dict[str, Any]:
-        out = {k: data[k] for k in self.reads}
+        if self.arg_map:
+            out = {self.arg_map.get(k, k): data[k] for k in self.reads}
+        else:
+            out = {k: data[k] for k in self.reads}
         for k in self.optional_reads:
             if k in data:
                 out[k] = data[k]
@@ -338,7 +352,7 @@ class NativeStep(Step):
         target: Any,
         *,
         name: str | None = None,
-        reads: str | Sequence[str] | None = None,
+        reads: str | Sequence[str] | Mapping[str, str] | None = None,
         writes: str | Sequence[str] | None = None,
         inline: bool = False,
         lm: Any = None,
@@ -355,7 +369,7 @@ class NativeStep(Step):
         self.demos = demos
         self.mode: str
         self.signature: Any = None
-        r, w = _field_names(reads), _field_names(writes)
+        (r, arg_map), w = _reads_spec(reads), _field_names(writes)
         read_types: dict[str, Any] = {}
         write_types: dict[str, Any] = {}
         optional: list[str] = []
@@ -402,8 +416,9 @@ class NativeStep(Step):
         if w is None and self.mode == "template":
             write_types = {step_name: str}
         if r is not None:
-            read_types = {k: read_types.get(k) for k in r}
-            optional = [o for o in optional if o not in r]
+            params = {f: arg_map.get(f, f) for f in r}
+            read_types = {k: read_types.get(params[k]) for k in r}
+            optional = [o for o in optional if o not in params.values()]
         if w is not None:
             write_types = {k: write_types.get(k) for k in w}
         self._async_call = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
@@ -419,6 +434,7 @@ class NativeStep(Step):
             named=name is not None,
             **options,
         )
+        self.arg_map = arg_map
 
     def label(self) -> str:
         if self.mode == "signature":
@@ -480,7 +496,7 @@ def native(
     target: Any,
     *,
     name: str | None = None,
-    reads: str | Sequence[str] | None = None,
+    reads: str | Sequence[str] | Mapping[str, str] | None = None,
     writes: str | Sequence[str] | None = None,
     inline: bool = False,
     lm: Any = None,
@@ -501,6 +517,7 @@ def native(
         return value is stored under ``writes`` (default: the step's name); a mapping
         return value is spread over several ``writes``. Sync callables run in a thread
         (``inline=True`` runs cheap ones on the event loop); ``async def`` are awaited.
+        ``reads={"param": "field"}`` passes a field under another argument name.
       - a native module (``dspex.Predict(sig)``, ``ChainOfThought``, anything with a
         ``signature`` and ``__call__(**inputs)``): reads/writes from its signature.
       - a signature string (``"question -> search_queries: list[str]"``): a ``Predict``
@@ -542,7 +559,7 @@ class WorkerStep(Step):
         pool: Any = "dspy",
         signature: Any = None,
         name: str | None = None,
-        reads: str | Sequence[str] | None = None,
+        reads: str | Sequence[str] | Mapping[str, str] | None = None,
         writes: str | Sequence[str] | None = None,
         params: Mapping[str, Any] | None = None,
         options: Mapping[str, Any] | None = None,
@@ -570,7 +587,7 @@ class WorkerStep(Step):
         self.adapter = adapter
         self.lm = lm
         self.signature: Any = None
-        r, w = _field_names(reads), _field_names(writes)
+        (r, arg_map), w = _reads_spec(reads), _field_names(writes)
         read_types: dict[str, Any] = {}
         write_types: dict[str, Any] = {}
         if module is not None:
@@ -612,6 +629,7 @@ class WorkerStep(Step):
             cache=cache,
             named=name is not None,
         )
+        self.arg_map = arg_map
 
     def module_short(self) -> str:
         return (self.module or "").removeprefix("dspy.")
@@ -676,7 +694,7 @@ def worker(
     pool: Any = "dspy",
     signature: Any = None,
     name: str | None = None,
-    reads: str | Sequence[str] | None = None,
+    reads: str | Sequence[str] | Mapping[str, str] | None = None,
     writes: str | Sequence[str] | None = None,
     params: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
@@ -700,6 +718,7 @@ def worker(
     - ``dspex.worker(handler="echo", pool="mypool", reads=["x"], writes=["y"])``: any
       handler; the fields read are passed as keyword arguments (plus ``params``), the
       return value is stored under ``writes`` (default: the step's name).
+      ``reads={"query": "question"}`` passes the field ``question`` as ``query=``.
 
     ``pool`` is a pool name (from the config, or ``Pipeline(pools={...})``) or a Pool.
     """
