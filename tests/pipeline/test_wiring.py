@@ -100,7 +100,8 @@ def test_compatible_types() -> None:
 
     assert compatible(int, float)
     assert compatible(list[str], list)
-    assert compatible(list[str], Optional[list[str]])
+    assert compatible(list[str], Optional[list[str]])  # noqa: UP045
+    assert compatible(list[str], list[str] | None)
     assert compatible(Literal["a", "b"], str)
     assert compatible(dict[str, Any], dict)
     assert not compatible(list[str], int)
