@@ -316,7 +316,7 @@ def run_optimizer(
         compile_kw["valset"] = val
 
     progress.emit(force=True, kind="start", optimizer=name, module=module_name, train=len(train),
-                  resumed_after=resumed_after)
+                  resumed_after=resumed_after, pid=os.getpid())
     log_handler = _MiproLog(progress, threading.get_ident())
     mipro_logger = logging.getLogger("dspy.teleprompt.mipro_optimizer_v2")
     old_level = mipro_logger.level
