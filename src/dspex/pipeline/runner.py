@@ -391,9 +391,9 @@ class RunState:
             if pool is None:
                 manager = self.pipeline.manager
                 if manager is None:
-                    from .. import pool as pool_pkg
+                    from ..pool import manager as default_manager
 
-                    manager = pool_pkg.manager()  # type: ignore[attr-defined]
+                    manager = default_manager()
                 # may start the pool's processes: keep the loop free meanwhile
                 pool = await asyncio.to_thread(manager.get, ref)
             self._pools[ref] = pool

@@ -9,8 +9,8 @@ What is checked:
   - step names unique among siblings;
   - fan_out: ``over`` exists and can be a list, the element's field (``item``) is known;
   - fallback: it writes at least what its step writes;
-  - worker steps: the pool exists (``Pipeline(pools=...)`` or the config's ``[pools]``);
-    the handler exists: asked of a pool object that can list its handlers, otherwise
+  - worker steps: the pool exists (``Pipeline(pools=...)`` or the PoolManager's config);
+    the handler exists: asked of a started Pool object (``stats()["handlers"]``), otherwise
     found statically by parsing the pool's handler modules (``@handler`` decorators;
     nothing is imported, as those modules may need packages only workers have). A
     module that cannot be found or parsed leaves its pool's handlers unchecked;
@@ -131,13 +131,14 @@ def handlers_in_module(module: str) -> frozenset[str] | None:
 def _pool_handlers(pipeline: Pipeline, pool_ref: Any, config_pools: Mapping[str, Any]) -> frozenset[str] | None:
     pool = pool_ref if not isinstance(pool_ref, str) else pipeline.pools.get(pool_ref)
     if pool is not None:
-        listing = getattr(pool, "handler_names", None) or getattr(pool, "list_handlers", None)
-        if callable(listing):
+        if getattr(pool, "_state", None) == "running":  # a started pool knows its handlers
             try:
-                return frozenset(listing())
+                names = pool.stats().get("handlers")
+                if names:
+                    return frozenset(names)
             except Exception:
                 pass
-        modules = getattr(pool, "handlers", None) or getattr(pool, "handler_modules", None)
+        modules = getattr(pool, "handlers", None)
     else:
         modules = (config_pools.get(pool_ref) or {}).get("handlers")
     if not modules or isinstance(modules, str):
@@ -161,16 +162,19 @@ class _Checker:
         self._config_pools: Mapping[str, Any] | None = None
 
     def config_pools(self) -> Mapping[str, Any]:
+        """{pool name: its config table} from the pipeline's PoolManager (or the default)."""
         if self._config_pools is None:
             pools: dict[str, Any] = {}
             manager = self.pipeline.manager
-            cfg = getattr(manager, "config", None) if manager is not None else None
-            if isinstance(cfg, Mapping):
-                pools.update(cfg.get("pools", cfg) if "pools" in cfg else cfg)
-            else:
-                from ..settings import load_config
+            if manager is None:
+                from ..pool import manager as default_manager
 
-                pools.update(load_config().get("pools", {}))
+                manager = default_manager()
+            for name in manager.names():
+                try:
+                    pools[name] = manager.config(name)
+                except Exception:
+                    pools[name] = {}
             self._config_pools = pools
         return self._config_pools
 
