@@ -1,0 +1,188 @@
+"""LM-path benchmarks: dspex vs DSPy 3.4.1, side by side in one run.
+
+    python bench/bench_lm.py            # ~1 minute
+
+(a) Predict with an instant in-process LM (dspex DummyLM vs dspy.utils.DummyLM)
+(b) Predict over HTTP minus a raw keep-alive socket POST (one sendall) of the same body to
+    the same server (fake server in a subprocess, no latency)
+(c) 64 concurrent calls against a fake server with 50 ms latency (subprocess, so it
+    does not share our GIL); the ceiling is 64 / 0.05 s = 1,280 calls/s
+Plus the HTTP client choice: httpx.Client vs http.client vs dspex's client, same request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import dspex
+from dspex.testing import DummyLM, FakeLMServer
+
+SIG = "question -> answer"
+ROUNDS = 5
+
+
+def per_call_us(fn, n: int) -> float:
+    """Median over ROUNDS of the mean time per call, in microseconds."""
+    fn()
+    results = []
+    for _ in range(ROUNDS):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        results.append((time.perf_counter() - t) / n * 1e6)
+    return statistics.median(results)
+
+
+def bench_instant(dspy) -> tuple[float, float]:
+    n = 3000
+    ours_lm = DummyLM([{"answer": "a"}] * (n * (ROUNDS + 1) + 10))
+    ours = dspex.Predict(SIG)
+    dspex_us = per_call_us(lambda: ours(question="What is 6*7?", lm=ours_lm), n)
+    from dspy.utils import DummyLM as DspyDummy
+
+    n2 = 500
+    theirs_lm = DspyDummy([{"answer": "a"}] * (n2 * (ROUNDS + 1) + 10))
+    theirs = dspy.Predict(SIG)
+    dspy_us = per_call_us(lambda: theirs(question="What is 6*7?", lm=theirs_lm), n2)
+    return dspex_us, dspy_us
+
+
+def bench_http_overhead(dspy, server) -> dict[str, float]:
+    ours_lm = dspex.LM("openai/fake", api_base=server.base_url, cache=False)
+    ours = dspex.Predict(SIG)
+    ours(question="warm", lm=ours_lm)
+    body = json.dumps(server.requests[-1]["json"]).encode()
+    # the leanest client: one prebuilt request, one sendall, read to Content-Length, json.loads
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    def raw() -> None:
+        sock.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        json.loads(rest)
+
+    theirs_lm = dspy.LM("openai/fake", api_base=server.base_url, api_key="x", cache=False)
+    theirs = dspy.Predict(SIG)
+
+    import httpx
+
+    hx = httpx.Client()
+
+    def via_httpx() -> None:
+        hx.post(server.base_url + "/chat/completions", content=body, headers={"Content-Type": "application/json"}).json()
+
+    msgs = server.requests[-1]["json"]["messages"]
+    n = 400
+    out: dict[str, list[float]] = {k: [] for k in ("raw", "dspex", "dspy", "httpx", "lm")}
+    for _ in range(3):  # interleave so machine noise hits every contender alike
+        out["raw"].append(per_call_us(raw, n))
+        out["dspex"].append(per_call_us(lambda: ours(question="What is 6*7?", lm=ours_lm), n))
+        out["lm"].append(per_call_us(lambda: ours_lm.complete(msgs), n))
+        out["httpx"].append(per_call_us(via_httpx, n))
+        out["dspy"].append(per_call_us(lambda: theirs(question="What is 6*7?", lm=theirs_lm), n // 2))
+    server.reset()
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def bench_concurrent(dspy, server, total: int = 1280) -> dict[str, float]:
+    conc = 64
+    res: dict[str, float] = {}
+    ours_lm = dspex.LM("openai/fake", api_base=server.base_url, cache=False, timeout=30)
+    ours = dspex.Predict(SIG)
+
+    async def ours_async() -> float:
+        sem = asyncio.Semaphore(conc)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await ours.acall(question=f"q{i}", lm=ours_lm)
+
+        await asyncio.gather(*[one(i) for i in range(conc)])  # warm the pool
+        t = time.perf_counter()
+        await asyncio.gather(*[one(i) for i in range(total)])
+        return total / (time.perf_counter() - t)
+
+    res["dspex asyncio (acall x64)"] = asyncio.run(ours_async())
+    ex = [{"question": f"q{i}"} for i in range(total)]
+    ours.batch(ex[:conc], concurrency=conc, lm=ours_lm)
+    t = time.perf_counter()
+    ours.batch(ex, concurrency=conc, lm=ours_lm)
+    res["dspex threads (batch, 64)"] = total / (time.perf_counter() - t)
+
+    theirs_lm = dspy.LM("openai/fake", api_base=server.base_url, api_key="x", cache=False)
+    theirs = dspy.Predict(SIG)
+    dex = [dspy.Example(question=f"q{i}").with_inputs("question") for i in range(total)]
+    with dspy.context(lm=theirs_lm):
+        theirs.batch(dex[:conc], num_threads=conc, disable_progress_bar=True)
+        t = time.perf_counter()
+        theirs.batch(dex, num_threads=conc, disable_progress_bar=True)
+        res["dspy threads (batch, 64)"] = total / (time.perf_counter() - t)
+
+    async def theirs_async() -> float:
+        sem = asyncio.Semaphore(conc)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await theirs.acall(question=f"q{i}", lm=theirs_lm)
+
+        await asyncio.gather(*[one(i) for i in range(conc)])
+        t = time.perf_counter()
+        await asyncio.gather(*[one(i) for i in range(total)])
+        return total / (time.perf_counter() - t)
+
+    res["dspy asyncio (acall x64)"] = asyncio.run(theirs_async())
+    return res
+
+
+def main() -> None:
+    import dspy
+
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    print(f"python {sys.version.split()[0]}, dspy {dspy.__version__}, cores {os.cpu_count()}\n")
+
+    a_ours, a_theirs = bench_instant(dspy)
+    print("(a) Predict call, instant in-process LM")
+    print(f"    dspex {a_ours:8.1f} us   dspy {a_theirs:8.1f} us   -> dspex {a_theirs / a_ours:.1f}x faster\n")
+
+    with FakeLMServer.subprocess(latency=0.0) as server:
+        b = bench_http_overhead(dspy, server)
+    print("(b) Predict over HTTP (fake server subprocess, no latency), per call")
+    print(f"    raw socket POST + json.loads    {b['raw']:7.0f} us")
+    print(f"    dspex LM.complete               {b['lm']:7.0f} us   (+{b['lm'] - b['raw']:.0f} us)")
+    print(f"    dspex Predict                   {b['dspex']:7.0f} us   (+{b['dspex'] - b['raw']:.0f} us over raw)")
+    print(f"    dspy  Predict                   {b['dspy']:7.0f} us   (+{b['dspy'] - b['raw']:.0f} us over raw)")
+    print(f"    httpx.Client POST (same body)   {b['httpx']:7.0f} us   (+{b['httpx'] - b['raw']:.0f} us over raw)")
+    oo, to = b["dspex"] - b["raw"], b["dspy"] - b["raw"]
+    print(f"    overhead ratio dspy/dspex: {to / max(oo, 1):.1f}x\n")
+
+    with FakeLMServer.subprocess(latency=0.05) as server:
+        c = bench_concurrent(dspy, server)
+    print("(c) 64 concurrent calls, 50 ms LM latency (ceiling 1,280 calls/s)")
+    for k, v in c.items():
+        print(f"    {k:28s} {v:7.0f} calls/s")
+    best_ours = max(v for k, v in c.items() if k.startswith("dspex"))
+    best_theirs = max(v for k, v in c.items() if k.startswith("dspy"))
+    print(f"    best dspex / best dspy: {best_ours / best_theirs:.2f}x")
+    print("\nJSON:", json.dumps({"a": [a_ours, a_theirs], "b": b, "c": c}))
+
+
+if __name__ == "__main__":
+    main()
