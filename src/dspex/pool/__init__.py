@@ -13,6 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# Eager (stdlib only): the submodule ``handler`` would otherwise shadow the decorator.
+from .handler import Context, handler
+
 __all__ = ["CallResult", "Context", "Pool", "PoolManager", "handler", "manager"]
 
 _LAZY = {
@@ -20,8 +23,6 @@ _LAZY = {
     "CallResult": ".pool",
     "PoolManager": ".manager",
     "manager": ".manager",
-    "handler": ".handler",
-    "Context": ".handler",
 }
 
 
@@ -35,6 +36,5 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .handler import Context, handler
     from .manager import PoolManager, manager
     from .pool import CallResult, Pool

@@ -1594,6 +1594,8 @@ class Pool:
             self._zctl = None
             self._zready = False
             proc = self._zproc
+            # hold the supervisor off until this one's stderr and workers are dealt with
+            self._next_start_at = float("inf")
         if ctl is not None:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self._ep.unregister(ctl.fileno())
@@ -1610,7 +1612,10 @@ class Pool:
             if w.exit is None:
                 w.exit = (None, signal.SIGKILL)
             self._finalize(w, "template exited")
-        if not self._closed and not started_ok:
+        if started_ok or self._closed:
+            with self._lock:
+                self._next_start_at = time.monotonic()
+        else:
             code = proc.returncode if proc is not None else None
             self._start_failed(
                 WorkerStartError(

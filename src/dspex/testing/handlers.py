@@ -193,3 +193,19 @@ def bad_frame(ctx: Context, kind: str = "garbage") -> None:
 @handler
 def selfkill(ctx: Context, sig: int = int(_signal.SIGKILL)) -> None:
     os.kill(os.getpid(), sig)
+
+
+_ARRIVED: dict[str, int] = {}
+_GATES: dict[str, asyncio.Event] = {}
+
+
+@handler("rendezvous", concurrent=True)
+async def rendezvous(ctx: Context, key: str, n: int, timeout: float = 10.0) -> int:
+    """Return once ``n`` calls with this key are inside the worker at the same time
+    (proof that async handlers run concurrently); raises TimeoutError otherwise."""
+    gate = _GATES.setdefault(key, asyncio.Event())
+    _ARRIVED[key] = _ARRIVED.get(key, 0) + 1
+    if _ARRIVED[key] >= n:
+        gate.set()
+    await asyncio.wait_for(gate.wait(), timeout)
+    return os.getpid()

@@ -1,0 +1,38 @@
+"""Helpers for the pool tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from dspex.pool import Pool
+
+H = "dspex.testing.handlers"
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``pred`` until true; fail the test (not hang) after ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def busy_pid(p: Pool) -> int:
+    wait_for(lambda: any(w["in_flight"] for w in p.stats()["workers"]), what="a busy worker")
+    return next(w["pid"] for w in p.stats()["workers"] if w["in_flight"])
+
+
+def full_size(p: Pool) -> bool:
+    return len(p.workers()) == p.size and all(w["state"] == "ready" for w in p.stats()["workers"])
