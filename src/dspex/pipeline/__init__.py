@@ -2,7 +2,7 @@
 
     import dspex
 
-    research = dspex.pipeline([
+    research = dspex.pipeline([          # the package is callable: same as dspex.pipeline.pipeline
         dspex.native("question -> search_queries: list[str]"),            # in-process Predict
         dspex.worker("dspy.ChainOfThought",                                # DSPy, in a worker
                      signature="search_queries -> refined_queries", pool="dspy"),
@@ -31,6 +31,10 @@ run is found again; it is dropped when the run ends.
 """
 
 from __future__ import annotations
+
+import sys
+import types
+from typing import Any
 
 from .core import Pipeline, pipeline
 from .serialize import register, registered, unregister
@@ -94,3 +98,14 @@ __all__ = [
     "unregister",
     "worker",
 ]
+
+
+class _PipelineModule(types.ModuleType):
+    """``dspex.pipeline`` is this package (``import dspex.pipeline`` binds the name to
+    it), so the package itself is callable: ``dspex.pipeline([...])`` builds a Pipeline."""
+
+    def __call__(self, steps: Any, **options: Any) -> Pipeline:
+        return pipeline(steps, **options)
+
+
+sys.modules[__name__].__class__ = _PipelineModule

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import DspexError, PipelineError
 from . import otel
 from .runner import RunState, _wait_all, new_session_id, run_sync
-from .steps import Branch, FanOut, Parallel, Step, as_steps
+from .steps import Branch, FanOut, Parallel, Step, WorkerStep, as_steps
 from .trace import Event, PipelineResult, RunFinished, RunStarted, Trace
 from .validation import Validation, validate
 
@@ -147,6 +147,10 @@ class Pipeline:
         trace = Trace(run_id=uuid.uuid4().hex[:12], session=session or new_session_id(), pipeline=self.name)
         emit = _safe(on_event)
         rt = RunState(self, trace, lm=lm if lm is not None else self.lm, emit=emit)
+        # start the pools this pipeline uses first, so no step's time includes a pool start
+        refs = {s.pool for _, s in self.walk() if isinstance(s, WorkerStep) and isinstance(s.pool, str)}
+        if refs:
+            await asyncio.gather(*(rt.pool_for(ref) for ref in sorted(refs)))
         rt.emit(RunStarted(trace.run_id, self.name, "", trace.started, inputs=dict(data)))
         with otel.span(f"dspex.pipeline {self.name}", {"dspex.run_id": trace.run_id, "dspex.session": trace.session}):
             try:
