@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
+import types
 from typing import Any
 
 from dspex.errors import ConfigError
@@ -137,3 +139,15 @@ def manager() -> PoolManager:
         if _default is None:
             _default = PoolManager()
         return _default
+
+
+class _CallableModule(types.ModuleType):
+    """``dspex.pool.manager`` names both this module and the function ``manager()``;
+    importing the submodule rebinds the package attribute to the module, so the
+    module itself is callable and does what the function does."""
+
+    def __call__(self) -> PoolManager:
+        return manager()
+
+
+sys.modules[__name__].__class__ = _CallableModule
