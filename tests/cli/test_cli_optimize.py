@@ -119,14 +119,22 @@ def test_bad_metric_and_program_arguments(project: Path, fake_lm) -> None:
     assert fake_lm.requests == []
 
 
-def test_failed_run_leaves_no_output_file(project: Path) -> None:
+def test_unreachable_lm_fails_fast_and_writes_nothing(project: Path) -> None:
     base = f"http://127.0.0.1:{closed_port()}/v1"
+    proc = dspex(*base_args(), "--lm", "openai/x", "--api-base", base, "--retries", "0", cwd=project)
+    assert_one_line_error(proc, 3, "unreachable", base)
+    assert not (project / "optimized.json").exists()
+    assert leftovers(project) == []
+
+
+def test_failure_inside_the_optimizer_keeps_the_previous_output(project: Path, fake_lm) -> None:
     (project / "optimized.json").write_text('{"previous": true}')  # an older result survives a failed run
-    proc = dspex(
-        *base_args(), "--lm", "openai/x", "--api-base", base, "--retries", "0", cwd=project, timeout=200
-    )
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("dspex: error: ")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    proc = dspex(*base_args("--option", "no_such_option=1", "--no-progress"), *lm_flags(fake_lm), cwd=project, timeout=200)
+    assert_one_line_error(proc, 2, "no_such_option")
     assert json.loads((project / "optimized.json").read_text()) == {"previous": True}
     assert leftovers(project) == []
+
+
+def test_reserved_option_names(project: Path, fake_lm) -> None:
+    proc = dspex(*base_args("--option", "metric=x:y"), *lm_flags(fake_lm), cwd=project)
+    assert_one_line_error(proc, 2, "--metric")

@@ -162,3 +162,21 @@ def test_unparseable_reply_is_a_runtime_failure_and_debug_shows_the_traceback(wo
 def test_lm_model_without_provider(workdir: Path, fake_lm) -> None:
     proc = dspex("predict", "q -> a", "q=1", "--lm", "gpt-4o", "--api-base", fake_lm.base_url, cwd=workdir)
     assert_one_line_error(proc, 2, "openai/gpt-4o")
+
+
+def test_predict_impl_native_and_dspy_agree(workdir: Path, fake_lm) -> None:
+    """--impl dspy runs DSPy 3.4.1 in a worker of the `dspy` pool; --impl native in-process."""
+    reply = "[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]"
+    docs = {}
+    for impl in ("native", "dspy"):
+        fake_lm.script([reply])
+        proc = dspex(
+            "predict", "question -> answer: int", "question=2+2?", "--impl", impl, "--json", *lm_flags(fake_lm),
+            cwd=workdir, timeout=200,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        docs[impl] = json.loads(proc.stdout)
+        assert docs[impl]["impl"] == impl
+    assert docs["native"]["outputs"] == docs["dspy"]["outputs"] == {"answer": 4}
+    native_req, dspy_req = fake_lm.requests
+    assert native_req["json"]["messages"] == dspy_req["json"]["messages"]  # same prompt, byte for byte

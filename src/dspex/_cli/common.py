@@ -138,6 +138,10 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
     if isinstance(exc, (e.ImplementationUnavailable, e.LocalModelError)):
         return EXIT_ENV, msg, "run `dspex doctor` for the install commands"
     if isinstance(exc, e.WorkerStartError):
+        # The message embeds the worker's whole stderr tail; its last line is the cause.
+        head = str(exc).split("Its stderr ends with:")[0]
+        tail = [ln for ln in str(getattr(exc, "stderr_tail", "") or "").splitlines() if ln.strip()]
+        msg = _one_line(head + (f" Last stderr line: {tail[-1].strip()}" if tail else ""))
         return (
             EXIT_ENV,
             f"pool workers did not start: {msg}",
@@ -186,12 +190,44 @@ def report_error(exc: BaseException, args: argparse.Namespace | None, debug: boo
     return code
 
 
+# Commands that may start worker pools in this process.
+_POOL_COMMANDS = {"optimize", "run", "pools"}
+
+
+def quiet_worker_stderr() -> None:
+    """Install the default PoolManager with ``forward_stderr=False`` for every pool whose
+    config does not choose: a worker's tracebacks and library chatter would break the
+    one-line error rule (start failures and remote errors carry their stderr/traceback
+    anyway, and ``--debug`` keeps forwarding on). Uses the manager module's default slot
+    because the pool layer has no setting for it; does nothing if that slot is missing."""
+    import importlib
+
+    from ..settings import load_config
+
+    mod = importlib.import_module("dspex.pool.manager")
+    lock, cls = getattr(mod, "_default_lock", None), getattr(mod, "PoolManager", None)
+    if lock is None or cls is None or not hasattr(mod, "_default"):
+        return
+    with lock:
+        slot = vars(mod)  # the module's globals: `_default` is the manager() singleton
+        if slot.get("_default") is not None:
+            return
+        pools = {
+            name: ({"forward_stderr": False, **table} if isinstance(table, dict) else table)
+            for name, table in (load_config().get("pools") or {}).items()
+        }
+        slot["_default"] = cls({"pools": pools})
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run ``dspex._cli.<command>.run(args)`` and map failures to exit codes."""
     debug = bool(getattr(args, "debug", False))
     if not hasattr(args, "json"):
         args.json = False
     try:
+        uses_pools = args.command in _POOL_COMMANDS or getattr(args, "impl", None) == "dspy"
+        if uses_pools and not debug:
+            quiet_worker_stderr()
         module = importlib.import_module(f".{args.command}", __package__)
         code = module.run(args)
         sys.stdout.flush()

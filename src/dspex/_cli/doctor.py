@@ -171,7 +171,7 @@ def _config_checks() -> tuple[list[Check], dict[str, Any] | None]:
     return checks, cfg
 
 
-def _probe(url: str, timeout: float) -> tuple[bool, str]:
+def probe(url: str, timeout: float) -> tuple[bool, str]:
     """Any HTTP answer means reachable; a refused/failed connection does not."""
     req = urllib.request.Request(url, headers={"User-Agent": "dspex-doctor"})
     try:
@@ -226,7 +226,7 @@ def _lm_checks(cfg: dict[str, Any], network: bool, local_ok: bool) -> list[Check
     if not network:
         checks.insert(0, Check("LM", INFO, f"{model} @ {base} (reachability not checked: --no-network)"))
         return checks
-    reachable, how = _probe(base.rstrip("/") + "/models", timeout=3.0)
+    reachable, how = probe(base.rstrip("/") + "/models", timeout=3.0)
     if reachable:
         checks.insert(0, Check("LM", OK, f"{model} @ {base} reachable ({how})"))
     else:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    EnvironmentProblem,
     UsageError,
     emit_json,
     lm_from_args,
@@ -162,7 +163,8 @@ def _input_fields(program: Any) -> list[str] | None:
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it over ``target`` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    # ".tmp.json": state writers insist on a .json suffix.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.json", dir=str(target.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -298,6 +300,8 @@ def _progress_kwarg(fn: Any) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     _cwd_on_path()
+    # DSPy's tqdm bars in the workers would interleave with ours; workers inherit this.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     check_metric(args.metric)
     options = parse_kv(args.option, what="--option")
     program_path = Path(args.program)
@@ -318,11 +322,20 @@ def run(args: argparse.Namespace) -> int:
     valset = [row for _, row in val_rows] if val_rows is not None else None
     lm = lm_from_args(args)
 
+    if lm is not None:
+        preflight(lm)
+
     import dspex
+    from dspex.errors import RemoteError
 
     kwargs: dict[str, Any] = {"optimizer": args.optimizer, "metric": args.metric}
-    if options:
-        kwargs["options"] = options
+    reserved = {"program", "trainset", "valset", "optimizer", "metric", "lm", "progress", "pool", "impl"}
+    clash = sorted(reserved & set(options))
+    if clash:
+        raise UsageError(
+            f"--option {clash[0]}=... is not an optimizer option", f"use the --{clash[0]} flag instead"
+        )
+    kwargs.update(options)  # optimizer options, e.g. max_bootstrapped_demos=2, checkpoint=run.json
     if valset is not None:
         kwargs["valset"] = valset
     if lm is not None:
@@ -335,7 +348,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with atomic_path(out) as tmp:
         with progress, dspex.context(lm=lm) as usage:
-            optimized = dspex.optimize(program, trainset, **kwargs)
+            try:
+                optimized = dspex.optimize(program, trainset, **kwargs)
+            except RemoteError as exc:
+                if "takes no option" in exc.remote_message:
+                    raise UsageError(
+                        f"--option: {exc.remote_message}", "use only the options listed"
+                    ) from None
+                raise
         save_program(optimized, tmp)
     seconds = time.perf_counter() - t0
     state = json.loads(out.read_text(encoding="utf-8"))
@@ -356,9 +376,29 @@ def run(args: argparse.Namespace) -> int:
         summary["program"] = state
         emit_json(summary)
         return 0
+    if summary["demos"] == 0 and args.optimizer.startswith("bootstrap"):
+        sys.stderr.write(
+            "dspex: warning: no demos were bootstrapped (failed LM calls or a metric that never passed?)\n"
+        )
     score = f", score {summary['score']}" if summary["score"] is not None else ""
     print(f"optimized program written to {out} ({summary['demos']} demos{score}, {seconds:.1f} s)")
     return 0
+
+
+def preflight(lm: Any) -> None:
+    """Fail in a second when the LM endpoint is down: DSPy's optimizers count failed LM
+    calls as failed attempts and would "succeed" with an empty program after a long run."""
+    base = getattr(lm, "api_base", None)
+    if not base:
+        return
+    from .doctor import probe
+
+    reachable, how = probe(str(base).rstrip("/") + "/models", timeout=5.0)
+    if not reachable:
+        raise EnvironmentProblem(
+            f"LM endpoint unreachable at {base} ({how})",
+            "start the server or pass the right --api-base / DSPEX_API_BASE (`dspex doctor` checks it)",
+        )
 
 
 def _count_demos(state: Any) -> int:

@@ -49,16 +49,15 @@ def collect_inputs(sig: Any, pairs: list[str], input_json: str | None) -> dict[s
     return inputs
 
 
-def _operations(impl: str | None) -> tuple[Any, Any, Any]:
-    """(signature, predict, chain_of_thought): the router-backed API, else native Predict.
+def _operations(impl: str | None) -> tuple[Any, Any, Any, Any]:
+    """(signature, predict, chain_of_thought, explain) from the router-backed API, else native.
 
-    The native fallback serves ``--impl auto|native`` when ``dspex.api`` is not
+    ``predict(sig, inputs, **kw)`` and ``chain_of_thought(sig, inputs, **kw)`` both return a
+    prediction. The native fallback serves ``--impl auto|native`` when ``dspex.api`` is not
     part of this install; ``--impl dspy`` needs the API (it routes to a worker pool).
     """
     try:
         from .. import api
-
-        return api.signature, api.predict, api.chain_of_thought
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("dspex"):
             raise
@@ -67,6 +66,19 @@ def _operations(impl: str | None) -> tuple[Any, Any, Any]:
                 "--impl dspy needs dspex.api, which this install lacks",
                 "reinstall dspex, or use --impl native",
             ) from None
+    else:
+
+        def cot(sig: Any, inputs: dict[str, Any], **kw: Any) -> Any:
+            return api.chain_of_thought(sig, **kw)(**inputs)
+
+        def explain(op: str, sig: Any) -> Any:
+            try:
+                return api.explain(op, sig, impl=impl)
+            except Exception:  # explaining is best effort; the call itself reports real errors
+                return None
+
+        return api.signature, api.predict, cot, explain
+
     from ..native.predict import ChainOfThought, Predict
     from ..native.signature import signature
 
@@ -76,13 +88,13 @@ def _operations(impl: str | None) -> tuple[Any, Any, Any]:
     def chain_of_thought(sig: Any, inputs: dict[str, Any], lm: Any = None, **_: Any) -> Any:
         return ChainOfThought(sig)(**inputs, lm=lm)
 
-    return signature, predict, chain_of_thought
+    return signature, predict, chain_of_thought, lambda op, sig: None
 
 
 def run(args: argparse.Namespace) -> int:
     import dspex
 
-    make_signature, predict, chain_of_thought = _operations(args.impl)
+    make_signature, predict, chain_of_thought, explain = _operations(args.impl)
     sig = (
         make_signature(args.signature, instructions=args.instructions)
         if args.instructions
@@ -100,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
         prediction = op(sig, inputs, **kwargs)
     outputs = _outputs(prediction, sig, cot=args.cot)
     if args.json:
+        decision = explain("chain_of_thought" if args.cot else "predict", sig)
         emit_json(
             {
                 "signature": sig.to_string() if hasattr(sig, "to_string") else args.signature,
                 "inputs": inputs,
                 "outputs": outputs,
-                "impl": _impl_of(prediction, args.impl),
+                "impl": getattr(decision, "impl", None)
+                or ("native" if args.impl in (None, "auto") else args.impl),
+                "why": getattr(decision, "reason", None),
                 "lm": lm_label(lm),
                 "usage": usage.as_dict(),
             }
@@ -133,11 +148,3 @@ def _outputs(prediction: Any, sig: Any, cot: bool) -> dict[str, Any]:
         except Exception:
             pass
     return to_jsonable(data)
-
-
-def _impl_of(prediction: Any, asked: str | None) -> str | None:
-    for attr in ("impl", "_impl"):
-        value = getattr(prediction, attr, None)
-        if isinstance(value, str):
-            return value
-    return asked or "auto"
