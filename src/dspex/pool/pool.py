@@ -1277,7 +1277,7 @@ class Pool:
                 self._release(w, call)
                 if not ok:
                     self._counts["errors"] += 1
-            if w.state == DRAINING and not w.inflight:
+            if w.state == DRAINING and not (w.n_serial or w.n_conc):
                 self._wake_sup.set()
             self._pump(out)
         for call, ok, value in done:
@@ -1919,7 +1919,8 @@ class Pool:
                         if w.rss_kb / 1024 >= self.max_rss_mb:
                             self._retire(w, "max_rss_mb")
                             active -= 1
-                elif w.state == DRAINING and not w.inflight:
+                elif w.state == DRAINING and not w.inflight and not (w.n_serial or w.n_conc):
+                    # (the counters also cover a call routed here but not yet written)
                     w.state = STOPPING
                     w.stop_at = now
                     stops.append(w)
@@ -1940,9 +1941,7 @@ class Pool:
                 spawn = self.size - active
             expired = self._sessions.expire(now) if slow else []
         for w in stops:
-            self._send_msg(w, [P.STOP])
-            if w.pid:
-                self._zkill(w.pid, signal.SIGTERM)
+            self._send_msg(w, [P.STOP])  # it exits once idle; SIGKILL after the grace period
         for w, why in kills:
             if why == "start timeout":
                 self._drain_stderr(w.err_fd, w)

@@ -255,7 +255,7 @@ class WorkerRuntime:
 
     def serve(self, info: dict[str, Any]) -> None:
         self.send([P.READY, os.getpid(), info])
-        while not self.stopping:
+        while not self.stopping or self.pending:
             if self.pending:
                 self.run_serial(self.pending.popleft())
                 continue
