@@ -55,6 +55,31 @@ def disable_extra_buffer_types() -> None:
     capi.llama_model_default_params = params
 
 
+def guard_grammar() -> None:
+    """Answer an unparsable GBNF grammar with an error instead of a segfault.
+
+    llama-cpp-python adds the grammar sampler without checking for NULL (what
+    llama.cpp returns for a grammar it cannot parse), so one bad ``grammar`` field
+    would kill the server every process shares. Check it, and raise: the server
+    turns the exception into an error response and keeps running.
+    """
+    from llama_cpp import _internals
+
+    capi = _internals.llama_cpp
+
+    def add_grammar(self: Any, model: Any, grammar: Any) -> None:
+        sampler = capi.llama_sampler_init_grammar(
+            model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8")
+        )
+        if not sampler:
+            raise ValueError(
+                "invalid GBNF grammar: llama.cpp could not parse it (its parse error is in the server log)"
+            )
+        capi.llama_sampler_chain_add(self.sampler, sampler)
+
+    _internals.LlamaSampler.add_grammar = add_grammar  # type: ignore[method-assign]
+
+
 def main(argv: list[str]) -> None:
     args = list(argv)
     if "--dspex-parent-pid" in args:
@@ -63,6 +88,7 @@ def main(argv: list[str]) -> None:
         del args[i : i + 2]
         arm_parent_death_signal(parent)
     disable_extra_buffer_types()
+    guard_grammar()
     sys.argv = ["llama_cpp.server", *args]
     runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 

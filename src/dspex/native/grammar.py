@@ -106,9 +106,9 @@ def gbnf_for(
     ``signature``: a dspex Signature (or a signature string, or anything with
     ``.output_fields`` of objects with ``.annotation``, e.g. a DSPy signature).
     ``adapter``: ``"chat"``, ``"json"`` or an adapter instance. ``max_chars`` caps
-    each free-text value; when it is None and ``max_tokens`` is given, the reply's
-    token budget (~3 chars a token) is shared among the free-text fields, so the
-    last field still fits; otherwise ``DEFAULT_MAX_CHARS``. ``max_items`` caps
+    each free-text value (default ``DEFAULT_MAX_CHARS``); when it is None and
+    ``max_tokens`` is given, the cap shrinks so the reply's token budget (~3 chars a
+    token, shared among the free-text fields) still reaches the last field. ``max_items`` caps
     JSON arrays and objects.
     """
     kind = _adapter_kind(adapter)
@@ -118,7 +118,8 @@ def gbnf_for(
     if max_chars is None:
         if max_tokens:
             n_text = sum(1 for _, ann in fields if _is_text(ann)) or 1
-            max_chars = max(32, min(4000, (int(max_tokens) * 3 - 40 * len(fields)) // n_text))
+            budget = (int(max_tokens) * 3 - 40 * len(fields)) // n_text
+            max_chars = max(32, min(DEFAULT_MAX_CHARS, budget))
         else:
             max_chars = DEFAULT_MAX_CHARS
     max_chars = max(1, int(max_chars))
@@ -202,7 +203,7 @@ class _Builder:
                 sep = "" if i == 0 else "\\n\\n"
                 parts.append(f'"{sep}[[ ## {name} ## ]]\\n"')
                 parts.append(self.chat_value(ann, name))
-            parts.append('"\\n\\n[[ ## completed ## ]]"')
+            parts.append('"\\n\\n[[ ## completed ## ]]" "\\n"?')  # demos end in a newline
         else:
             parts.append('"{\\n"')
             for i, (name, ann) in enumerate(fields):
