@@ -7,11 +7,17 @@
     python bench/run_all.py --json          one JSON document on stdout (bench output -> stderr)
 
 Each benchmark is a separate script, ``bench/bench_<name>.py``, run in its own
-process with this interpreter. Quick mode sets ``DSPEX_BENCH_QUICK=1`` in the
-benchmark's environment and passes ``--quick`` to scripts that accept it (their
-source mentions ``--quick``); scripts without a quick mode are skipped in quick
-mode unless named explicitly, so ``--quick`` stays short. Per-benchmark time
-limit: ``--timeout`` seconds (default 60 quick, 1800 full).
+process with this interpreter. Quick mode (``--quick``):
+
+* runs ``smoke``, built into this file: import time, signature parse, ChatAdapter
+  format/parse, native Predict on an in-process LM, pool echo round trip, with
+  small counts (a few seconds; a sanity check, not the published numbers);
+* runs each ``bench_<name>.py`` that has a quick mode, i.e. whose source mentions
+  ``--quick`` (it gets ``--quick``) or ``DSPEX_BENCH_QUICK`` (the environment
+  always carries ``DSPEX_BENCH_QUICK=1``); scripts without one are listed as
+  skipped unless named explicitly. Benchmark authors: honour either to take part.
+
+Per-benchmark time limit: ``--timeout`` seconds (default 60 quick, 1800 full).
 
 Exit code: 0 when every benchmark run succeeded, 1 when one failed or timed
 out, 2 for an unknown benchmark name.
@@ -52,6 +58,15 @@ def discover() -> dict[str, Path]:
 
 
 def has_quick_flag(script: Path) -> bool:
+    """The script takes part in quick mode: it mentions --quick or DSPEX_BENCH_QUICK."""
+    try:
+        text = script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return "--quick" in text or "DSPEX_BENCH_QUICK" in text
+
+
+def _passes_flag(script: Path) -> bool:
     try:
         return "--quick" in script.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -72,7 +87,7 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
 
 def run_one(name: str, script: Path, quick: bool, timeout: float, json_mode: bool) -> dict[str, Any]:
     cmd = [sys.executable, str(script)]
-    if quick and has_quick_flag(script):
+    if quick and _passes_flag(script):
         cmd.append("--quick")
     env = dict(os.environ)
     if quick:
@@ -134,6 +149,96 @@ def run_one(name: str, script: Path, quick: bool, timeout: float, json_mode: boo
     }
 
 
+SMOKE = "smoke"
+SMOKE_SCRIPT = """
+import json, os, statistics, subprocess, sys, time
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+rows = []
+
+def per_call(fn, n):
+    fn()  # warm up
+    best = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best.append((time.perf_counter() - t0) / n)
+    return min(best)
+
+def row(what, seconds, n):
+    rows.append({"what": what, "us": round(seconds * 1e6, 2), "n": n})
+
+imp = []
+probe = "import time; t = time.perf_counter(); import dspex; print(time.perf_counter() - t)"
+for _ in range(3):
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    imp.append(float(out.stdout.strip()))
+row("import dspex (fresh process)", min(imp), 3)
+
+import dspex
+from dspex.native.signature import signature
+from dspex.native.adapters import ChatAdapter
+from dspex.testing import DummyLM
+
+sig = signature("question -> answer")
+row("parse signature (cached)", per_call(lambda: signature("question -> answer"), 2000), 2000)
+adapter = ChatAdapter()
+row("ChatAdapter.format", per_call(lambda: adapter.format(sig, demos=[], inputs={"question": "hi"}), 500), 500)
+reply = "[[ ## answer ## ]]\\n4\\n\\n[[ ## completed ## ]]"
+row("ChatAdapter.parse", per_call(lambda: adapter.parse(sig, reply), 2000), 2000)
+lm = DummyLM()
+p = dspex.Predict(sig)
+row("Predict, in-process DummyLM", per_call(lambda: p(question="hi", lm=lm), 300), 300)
+
+from dspex.pool import Pool
+with Pool("smoke", 1, handlers=["dspex.testing.handlers"]) as pool:
+    for _ in range(50):
+        pool.call("echo", 1)
+    lat = []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        pool.call("echo", 1)
+        lat.append(time.perf_counter() - t0)
+row("pool echo round trip p50 (1 worker)", statistics.median(lat), 500)
+print(json.dumps(rows))
+"""
+
+
+def run_smoke(timeout: float, json_mode: bool) -> dict[str, Any]:
+    """The built-in quick benchmark (in a child process, like the others)."""
+    out = sys.stderr if json_mode else sys.stdout
+    out.write(f"=== bench {SMOKE}: built-in quick sanity numbers\n")
+    env = dict(os.environ, DSPEX_BENCH_QUICK="1")
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", SMOKE_SCRIPT], cwd=str(HERE.parent), env=env,
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"name": SMOKE, "script": "run_all.py", "status": "timeout", "returncode": None,
+                "seconds": round(time.perf_counter() - t0, 3), "quick": True, "output_tail": []}  # fmt: skip
+    seconds = time.perf_counter() - t0
+    rows: list[dict[str, Any]] = []
+    status = "ok" if proc.returncode == 0 else "failed"
+    if status == "ok":
+        try:
+            rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            status = "failed"
+    if rows:
+        width = max(len(r["what"]) for r in rows)
+        out.write(f"| {'what'.ljust(width)} | dspex µs |\n|{'-' * (width + 2)}|---------:|\n")
+        for r in rows:
+            out.write(f"| {r['what'].ljust(width)} | {r['us']:>8.1f} |\n")
+    else:
+        out.write(proc.stdout + proc.stderr)
+    out.flush()
+    tail = (proc.stdout + proc.stderr).splitlines()[-40:]
+    return {"name": SMOKE, "script": "run_all.py", "status": status, "returncode": proc.returncode,
+            "seconds": round(seconds, 3), "quick": True, "output_tail": tail, "rows": rows}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="run_all.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
 
     available = discover()
     if args.list:
+        rows_list: list[dict[str, Any]] = [
+            {"name": SMOKE, "script": "bench/run_all.py", "quick": True,
+             "description": "built-in quick sanity numbers (runs with --quick)"}
+        ]  # fmt: skip
         rows = [
             {
                 "name": n,
@@ -156,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for n, p in available.items()
         ]
+        rows = rows_list + rows
         if args.json:
             print(json.dumps({"benchmarks": rows}, indent=2))
         else:
@@ -166,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     wanted = [_normalize(n) for n in args.names]
-    unknown = [n for n in wanted if n not in available]
+    unknown = [n for n in wanted if n not in available and n != SMOKE]
     if unknown:
         sys.stderr.write(
             f"run_all.py: error: no benchmark {unknown[0]!r} — available: {', '.join(available) or 'none'}\n"
@@ -176,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     if wanted:
         selected = wanted
     elif args.quick:
-        selected = [n for n, p in available.items() if has_quick_flag(p)]
+        selected = [SMOKE] + [n for n, p in available.items() if has_quick_flag(p)]
         skipped = [
-            {"name": n, "status": "skipped", "reason": "no quick mode"}
+            {"name": n, "status": "skipped", "reason": "no quick mode (--quick / DSPEX_BENCH_QUICK)"}
             for n in available
             if n not in selected
         ]
@@ -188,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     for name in selected:
-        results.append(run_one(name, available[name], args.quick, timeout, args.json))
+        if name == SMOKE:
+            results.append(run_smoke(timeout, args.json))
+        else:
+            results.append(run_one(name, available[name], args.quick, timeout, args.json))
     failed = [r for r in results if r["status"] != "ok"]
     if args.json:
         print(

@@ -195,8 +195,8 @@ def test_bench_quick_runs_quick_benchmarks_and_skips_the_others(workdir: Path, t
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True and doc["quick"] is True
-    assert [r["name"] for r in doc["results"]] == ["alpha"]
-    assert doc["results"][0]["status"] == "ok"
+    assert [r["name"] for r in doc["results"]] == ["smoke", "alpha"]
+    assert all(r["status"] == "ok" for r in doc["results"])
     assert [s["name"] for s in doc["skipped"]] == ["slow"]
 
 
@@ -220,5 +220,23 @@ def test_bench_list_finds_the_repo_benchmarks(tmp_path: Path) -> None:
     proc = dspex("bench", "--list", "--json", cwd=REPO, env=clean_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     names = [b["name"] for b in json.loads(proc.stdout)["benchmarks"]]
-    expected = sorted(p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py"))
+    expected = sorted(
+        ["smoke", *(p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py"))]
+    )
     assert sorted(names) == expected
+
+
+def test_bench_quick_in_the_repo(tmp_path: Path) -> None:
+    """`dspex bench --quick` from the checkout: the built-in smoke numbers plus quick-capable scripts."""
+    proc = dspex("bench", "--quick", "--json", cwd=REPO, env=clean_env(tmp_path), timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["quick"] is True
+    smoke = doc["results"][0]
+    assert smoke["name"] == "smoke" and smoke["status"] == "ok"
+    whats = {r["what"] for r in smoke["rows"]}
+    assert any("pool echo" in w for w in whats) and any("Predict" in w for w in whats)
+    assert all(r["us"] > 0 for r in smoke["rows"])
+    ran_or_skipped = {r["name"] for r in doc["results"]} | {s["name"] for s in doc["skipped"]}
+    scripts = {p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py")}
+    assert scripts <= ran_or_skipped

@@ -129,7 +129,12 @@ def test_unreachable_lm_fails_fast_and_writes_nothing(project: Path) -> None:
 
 def test_failure_inside_the_optimizer_keeps_the_previous_output(project: Path, fake_lm) -> None:
     (project / "optimized.json").write_text('{"previous": true}')  # an older result survives a failed run
-    proc = dspex(*base_args("--option", "no_such_option=1", "--no-progress"), *lm_flags(fake_lm), cwd=project, timeout=200)
+    proc = dspex(
+        *base_args("--option", "no_such_option=1", "--no-progress"),
+        *lm_flags(fake_lm),
+        cwd=project,
+        timeout=200,
+    )
     assert_one_line_error(proc, 2, "no_such_option")
     assert json.loads((project / "optimized.json").read_text()) == {"previous": True}
     assert leftovers(project) == []
