@@ -1,0 +1,89 @@
+"""Every example runs against the fake LM server: ``main(lm=...)`` in process, and the
+main job (the research assistant) also as the README runs it, a subprocess with
+``--api-base``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ["DSPEX_DSPY_CACHE"] = "off"  # worker pools started here: DSPy's cache off
+
+import dspex
+from dspex.testing import FakeLMServer
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py") if not p.stem.startswith("_"))
+WORKER_EXAMPLES = {"research_assistant", "bootstrap_fewshot", "multi_pool_flagship"}
+
+
+def _load(name: str) -> ModuleType:
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_pools() -> Iterator[None]:
+    yield
+    dspex.pool.manager().close_all()  # the dspy / optimizer pools the examples started
+
+
+def test_every_example_is_listed() -> None:
+    expected = {
+        "research_assistant", "basic_qa", "chain_of_thought", "qa_with_context", "multi_hop", "rag",
+        "custom_instructions", "multi_field_outputs", "classification", "entity_extraction", "summarization",
+        "translation", "code_generation", "math_reasoning", "custom_module", "bootstrap_fewshot",
+        "direct_lm_call", "timeouts", "multi_pool_flagship",
+    }
+    assert expected <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.timeout(180)
+def test_example_runs(name: str, fake_lm: FakeLMServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = _load(name)
+    lm = dspex.LM("openai/fake", api_base=fake_lm.base_url, cache=False, num_retries=0)
+    kwargs: dict[str, object] = {}
+    if name == "research_assistant":
+        kwargs["program"] = tmp_path / "program.json"
+    if name == "multi_pool_flagship":
+        kwargs["optimize_timeout"] = 20.0  # GEPA can stall in the bridge (see the pipeline report)
+    result = module.main([], lm=lm, **kwargs)
+    assert result
+    out = capsys.readouterr().out
+    assert out.strip()
+    assert len(fake_lm.requests) >= 1  # it really called the LM
+    if name == "research_assistant":
+        assert (tmp_path / "program.json").exists()  # optimized once, saved
+        where = {s.name: (s.where, s.pid) for s in result.trace.steps}
+        assert where["plan"] == ("native", None)
+        assert where["refine"][0] == "dspy" and where["refine"][1]
+        assert where["bm25"][0] == "native" and where["dense"][0] == "dspy" and where["colbertv2"][0] == "dspy"
+        assert "## " in result["markdown"]
+        for column in ("step", "where", "pid", "ms"):
+            assert column in out
+
+
+@pytest.mark.timeout(240)
+def test_main_job_as_a_subprocess(fake_lm: FakeLMServer, tmp_path: Path) -> None:
+    env = {**os.environ, "DSPEX_NO_LOCAL_MODEL": "1"}
+    cmd = [sys.executable, str(EXAMPLES / "research_assistant.py"), "--api-base", fake_lm.base_url,
+           "--model", "fake", "--program", str(tmp_path / "program.json"), "--question", "Which planet is red?"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## Which planet is red?" in proc.stdout
+    assert "refine" in proc.stdout and "dspy" in proc.stdout and "native" in proc.stdout
+    assert (tmp_path / "program.json").exists()
