@@ -130,3 +130,25 @@ def test_run_unreachable_lm_is_an_environment_problem(pipeline_dir: Path) -> Non
         "--lm", "openai/x", "--api-base", base, "--retries", "0", cwd=pipeline_dir,
     )  # fmt: skip
     assert_one_line_error(proc, 3, "unreachable", base)
+
+
+def test_run_with_a_worker_step_from_the_config(pipeline_dir: Path, fake_lm) -> None:
+    """A worker step on a pool defined in dspex.toml: the run starts the pool, calls it, and
+    the trace records the worker's pid."""
+    (pipeline_dir / "dspex.toml").write_text(
+        '[pools.tiny]\nsize = 1\nhandlers = ["dspex.testing.handlers"]\npreload = []\nenv = {}\n'
+    )
+    (pipeline_dir / "mixed.yaml").write_text(
+        PIPELINE + "  - name: echoed\n    type: worker\n    pool: tiny\n    handler: echo\n"
+        "    reads: [loud]\n    writes: [echoed]\n"
+    )
+    proc = dspex(
+        "run", "mixed.yaml", "-i", "question=hi", "-i", "n=1", "--allow", "cli_steps:*", "--json",
+        *lm_flags(fake_lm), cwd=pipeline_dir, timeout=100,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert "echoed" in doc["outputs"]
+    assert str(doc["outputs"]["loud"]) in json.dumps(doc["outputs"]["echoed"])
+    worker = next(s for s in doc["trace"]["steps"] if s["name"] == "echoed")
+    assert worker["kind"] == "worker" and worker["pid"]

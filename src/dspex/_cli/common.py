@@ -225,7 +225,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not hasattr(args, "json"):
         args.json = False
     try:
-        uses_pools = args.command in _POOL_COMMANDS or getattr(args, "impl", None) == "dspy"
+        uses_pools = (
+            args.command in _POOL_COMMANDS and (args.command != "pools" or bool(getattr(args, "start", False)))
+        ) or getattr(args, "impl", None) == "dspy"
         if uses_pools and not debug:
             quiet_worker_stderr()
         module = importlib.import_module(f".{args.command}", __package__)

@@ -57,13 +57,12 @@ def row(name: str, config: Mapping[str, Any], stats: Mapping[str, Any] | None) -
 
 
 def _manager_stats(names: list[str]) -> dict[str, Any]:
-    """Stats of pools already running in this process (normally none)."""
-    try:
-        from ..pool import manager
-    except ImportError:
+    """Stats of pools already running in this process (none unless something started them)."""
+    module = sys.modules.get("dspex.pool.manager")
+    if module is None:  # nothing imported the pool layer: nothing is running; stay light
         return {}
     try:
-        stats = manager().stats()
+        stats = module.manager().stats()
     except Exception:
         return {}
     if isinstance(stats, Mapping):
