@@ -240,3 +240,42 @@ def test_bench_quick_in_the_repo(tmp_path: Path) -> None:
     ran_or_skipped = {r["name"] for r in doc["results"]} | {s["name"] for s in doc["skipped"]}
     scripts = {p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py")}
     assert scripts <= ran_or_skipped
+
+
+def test_lm_serve_with_a_missing_model_file(workdir: Path, tmp_path: Path) -> None:
+    env = clean_env(workdir, DSPEX_LOCAL_MODEL=str(tmp_path / "gone.gguf"))
+    assert_one_line_error(dspex("lm", "serve", cwd=workdir, env=env), 3, "gone.gguf")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_lm_serve_status_predict_stop(workdir: Path) -> None:
+    """The real embedded model: serve (detached), status, predict with no LM configured, stop."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (pip install 'dspex[local]')")
+    env = clean_env(workdir)
+    try:
+        proc = dspex("lm", "serve", "--json", cwd=workdir, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["healthy"] is True and info["base_url"].startswith("http://127.0.0.1:")
+
+        proc = dspex("lm", "status", cwd=workdir, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert f"running at {info['base_url']}" in proc.stdout
+
+        # No --lm, no config: predict uses the embedded model (the server just started).
+        proc = dspex(
+            "predict", "question -> answer", "question=Say hi.", "--json", cwd=workdir, env=env, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert isinstance(doc["outputs"]["answer"], str)
+        assert doc["usage"]["calls"] >= 1
+    finally:
+        stop = dspex("lm", "stop", cwd=workdir, env=env)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    proc = dspex("lm", "status", cwd=workdir, env=env)
+    assert proc.returncode == 3 and "not running" in proc.stdout

@@ -180,3 +180,32 @@ def test_predict_impl_native_and_dspy_agree(workdir: Path, fake_lm) -> None:
     assert docs["native"]["outputs"] == docs["dspy"]["outputs"] == {"answer": 4}
     native_req, dspy_req = fake_lm.requests
     assert native_req["json"]["messages"] == dspy_req["json"]["messages"]  # same prompt, byte for byte
+
+
+def test_ctrl_c_exits_130_with_one_line(workdir: Path, fake_lm) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_helpers import clean_env
+
+    fake_lm.script([Fault.hang(30)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dspex.cli", "predict", "question -> answer", "question=hi", *lm_flags(fake_lm)],
+        cwd=workdir, env=clean_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fake_lm.requests and time.monotonic() < deadline:  # the call is in flight
+            time.sleep(0.05)
+        assert fake_lm.requests
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["dspex: error: interrupted — nothing was written"]
+    assert out == ""
