@@ -152,7 +152,8 @@ class Pipeline:
         if refs:
             await asyncio.gather(*(rt.pool_for(ref) for ref in sorted(refs)))
         rt.emit(RunStarted(trace.run_id, self.name, "", trace.started, inputs=dict(data)))
-        with otel.span(f"dspex.pipeline {self.name}", {"dspex.run_id": trace.run_id, "dspex.session": trace.session}):
+        with otel.span(f"dspex.pipeline {self.name}", {"dspex.run_id": trace.run_id, "dspex.session": trace.session},
+                       on=rt.spans):
             try:
                 out = await rt.run_sequence(self.steps, data, "")
             except BaseException as exc:

@@ -67,15 +67,20 @@ class StepContext:
         self.name = name
         self.path = path
         self.session = session
-        self._event = threading.Event()
+        self._event: threading.Event | None = None  # made on first use: most steps never look
+        self._cancelled = False
         self._emit = emit_progress
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Sleep up to ``timeout`` seconds, waking early if cancelled; True if cancelled."""
+        if self._event is None:
+            self._event = threading.Event()
+            if self._cancelled:
+                self._event.set()
         return self._event.wait(timeout)
 
     def progress(self, **event: Any) -> None:
@@ -83,7 +88,10 @@ class StepContext:
         self._emit(dict(event))
 
     def _cancel(self) -> None:
-        self._event.set()
+        self._cancelled = True
+        event = self._event
+        if event is not None:
+            event.set()
 
 
 _current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
