@@ -81,23 +81,30 @@ def serialize_for_json(value: Any) -> Any:
         return str(value)
 
 
-def _blob(blob: str) -> str:
-    if "\n" not in blob and "«" not in blob and "»" not in blob:
+def _blob(blob: Any) -> str:
+    try:
+        # for non-str items DSPy tests membership (a dict's keys, a list's items)
+        plain = "\n" not in blob and "«" not in blob and "»" not in blob
+    except TypeError:  # DSPy raises here (e.g. an int); we go on with its text
+        blob = str(blob)
+        plain = "\n" not in blob and "«" not in blob and "»" not in blob
+    if plain:
         return f"«{blob}»"
-    return "«««\n    " + blob.replace("\n", "\n    ") + "\n»»»"
+    text = blob if isinstance(blob, str) else str(blob)
+    return "«««\n    " + text.replace("\n", "\n    ") + "\n»»»"
 
 
 def format_list_for_str(value: list[Any]) -> str:
     """A list given to a str field: ``N/A``, one «blob», or ``[1] «a»`` lines.
 
-    DSPy raises TypeError for non-string items; we render them with ``str()``.
+    Where DSPy raises for a non-string item (an int, a dict holding a newline key)
+    we render the item's ``str()``.
     """
     if not value:
         return "N/A"
     if len(value) == 1:
-        item = value[0]
-        return _blob(item if type(item) is str else str(item))
-    return "\n".join(f"[{i}] {_blob(x if type(x) is str else str(x))}" for i, x in enumerate(value, 1))
+        return _blob(value[0])
+    return "\n".join(f"[{i}] {_blob(x)}" for i, x in enumerate(value, 1))
 
 
 def format_value(value: Any, annotation: Any) -> str:

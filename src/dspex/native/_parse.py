@@ -39,6 +39,7 @@ class Invalid(ValueError):
 
 _NOTHING = ""  # what json_repair returns when it finds no JSON
 _json_loads = json.loads
+_raw_decode = json.JSONDecoder().raw_decode
 _WS = " \t\n\r"
 
 
@@ -65,6 +66,17 @@ class _Repair:
                 break
         self.pos = pos
 
+    def strict_or_repaired(self) -> Any:
+        """A well-formed JSON value here is read strictly (as json_repair does), else repaired."""
+        if self.text[self.pos] in "{[":
+            try:
+                value, end = _raw_decode(self.text, self.pos)
+                self.pos = end
+                return value
+            except ValueError:
+                pass
+        return self.value()
+
     def value(self, depth: int = 0) -> Any:
         if depth > 200:
             raise Invalid("too deeply nested")
@@ -78,10 +90,13 @@ class _Repair:
             return self.arr(depth)
         if ch in "\"'":
             return self.string()
-        return self.bare(stop=",]}\n")
+        if ch == "(":
+            return self.tup(depth)
+        return self.bare(stop=",]})\n")
 
-    def obj(self, depth: int) -> dict[str, Any]:
+    def obj(self, depth: int) -> Any:
         self.pos += 1
+        body = self.pos
         out: dict[str, Any] = {}
         text = self.text
         while True:
@@ -105,14 +120,19 @@ class _Repair:
             if self.pos < self.n and text[self.pos] == ":":
                 self.pos += 1
                 val = self.value(depth + 1)
+            elif not out and self.pos < self.n and text[self.pos] in ",}":
+                # {1, 2} / {'a'}: a Python set literal, read as an array (as json_repair does)
+                self.pos = body
+                return self.arr(depth, closer="}")
             else:
                 val = _NOTHING
             out[str(key)] = val
             if self.pos < self.n and text[self.pos] == "]":
                 self.pos += 1  # a stray closer: skip it
 
-    def arr(self, depth: int) -> list[Any]:
-        self.pos += 1
+    def arr(self, depth: int, closer: str = "]") -> list[Any]:
+        if closer == "]":
+            self.pos += 1
         out: list[Any] = []
         text = self.text
         while True:
@@ -120,19 +140,65 @@ class _Repair:
             if self.pos >= self.n:
                 return out
             ch = text[self.pos]
-            if ch == "]":
+            if ch == closer:
                 self.pos += 1
                 return out
-            if ch == ",":
+            if ch in ",}]":
                 self.pos += 1
                 continue
-            if ch == "}":
+            start = self.pos
+            if ch in "-+.0123456789":
+                value = self.number()
+                if value is not _NOTHING:
+                    out.append(value)
+                continue
+            value = self.value(depth + 1)
+            if value == {} and self.pos >= self.n and text[start] == "{":
+                continue  # an unclosed empty object at the very end is dropped
+            out.append(value)
+            if self.pos == start:  # no progress: skip the character
+                self.pos += 1
+
+    def number(self) -> Any:
+        """A number inside an array: json_repair reads ``00``, ``.5``, ``+1`` and stops at a space."""
+        m = _LOOSE_NUMBER.match(self.text, self.pos)
+        if m is None or not any(c.isdigit() for c in m.group()):
+            self.pos += 1  # a lone sign or dot
+            return _NOTHING
+        self.pos = m.end()
+        word = m.group().lstrip("+")
+        try:
+            if any(c in word for c in ".eE"):
+                return float(word)
+            return int(word)
+        except ValueError:
+            return word
+
+    def tup(self, depth: int) -> Any:
+        """A Python tuple literal ``(1, 2)``, ``(x,)``, ``()`` as a list; ``(x)`` is just ``x``."""
+        self.pos += 1
+        out: list[Any] = []
+        text = self.text
+        comma = False
+        while True:
+            self.ws()
+            if self.pos >= self.n:
+                break
+            ch = text[self.pos]
+            if ch == ")":
+                self.pos += 1
+                break
+            if ch == ",":
+                comma = True
                 self.pos += 1
                 continue
             start = self.pos
             out.append(self.value(depth + 1))
-            if self.pos == start:  # no progress: skip the character
+            if self.pos == start:
                 self.pos += 1
+        if len(out) == 1 and not comma:
+            return out[0]
+        return out  # json_repair reads tuples as JSON arrays
 
     def string(self) -> str:
         text, n = self.text, self.n
@@ -153,18 +219,19 @@ class _Repair:
                 return "".join(out)
             if ch == "\\" and pos + 1 < n:
                 nxt = text[pos + 1]
-                esc = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"', "'": "'"}
-                if nxt in esc:
-                    out.append(esc[nxt])
+                esc = _ESCAPES.get(nxt)
+                if esc is not None:
+                    out.append(esc)
                     pos += 2
                     continue
-                if nxt == "u" and pos + 6 <= n:
-                    try:
-                        out.append(chr(int(text[pos + 2 : pos + 6], 16)))
-                        pos += 6
+                if nxt in "ux":
+                    width = 4 if nxt == "u" else 2
+                    digits = text[pos + 2 : pos + 2 + width]
+                    if len(digits) == width and all(c in _HEX for c in digits):
+                        # json_repair leaves UTF-16 surrogate pairs as two code points
+                        out.append(chr(int(digits, 16)))
+                        pos += 2 + width
                         continue
-                    except ValueError:
-                        pass
             out.append(ch)
             pos += 1
         self.pos = n
@@ -181,13 +248,20 @@ class _Repair:
         return _bare_word(word)
 
 
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "\\": "\\", '"': '"', "'": "'"}
+_HEX = frozenset("0123456789abcdefABCDEF")
+_LOOSE_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-.]")
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_LOWER_WORDS = {"true": True, "false": False, "null": None, "none": None}
 _WORDS = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 
 
 def _bare_word(word: str) -> Any:
     if word in _WORDS:
         return _WORDS[word]
+    low = word.lower()
+    if low in _LOWER_WORDS:
+        return _LOWER_WORDS[low]
     if _NUMBER.fullmatch(word):
         return _json_loads(word)
     return word
@@ -206,13 +280,51 @@ def loads_lenient(text: str) -> Any:
         return _NOTHING
     brace = stripped.find("{")
     bracket = stripped.find("[")
-    if brace < 0 and bracket < 0:
+    if brace < 0 and bracket < 0 and stripped[0] != "(":
         return _NOTHING  # a bare word or sentence: json_repair finds nothing
-    start = brace if bracket < 0 or (0 <= brace < bracket) else bracket
+    # a leading "(" is a Python tuple literal (json_repair reads those at the start of a line)
+    first_container = brace if bracket < 0 or (0 <= brace < bracket) else bracket
+    start = 0 if stripped[0] == "(" else first_container
     try:
-        return _Repair(stripped, start).value()
+        reader = _Repair(stripped, start)
+        first = reader.strict_or_repaired()
+        # Several top-level JSON values in one reply: json_repair returns them all, as a list.
+        values = [first]
+        while True:
+            rest = _next_container(stripped, reader.pos)
+            if rest < 0:
+                break
+            reader.pos = rest
+            values.append(reader.strict_or_repaired())
+        return first if len(values) == 1 else values
     except (Invalid, RecursionError):
         return _NOTHING
+
+
+def balanced_object(text: str) -> str | None:
+    """The first balanced ``{...}`` in ``text`` (braces counted everywhere, quotes too),
+    like DSPy's recursive regex ``\\{(?:[^{}]|(?R))*\\}``; None when there is none."""
+    # Pair braces with a stack; the regex's leftmost match is the pair with the smallest '{'.
+    stack: list[int] = []
+    best: tuple[int, int] | None = None
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            start = stack.pop()
+            if best is None or start < best[0]:
+                best = (start, i)
+    return None if best is None else text[best[0] : best[1] + 1]
+
+
+def _next_container(text: str, pos: int) -> int:
+    brace = text.find("{", pos)
+    bracket = text.find("[", pos)
+    if brace < 0:
+        return bracket
+    if bracket < 0:
+        return brace
+    return min(brace, bracket)
 
 
 def literal_eval(text: str) -> Any:

@@ -98,7 +98,7 @@ class _TypeParser:
             raise self.error(f"unexpected {self.spec[self.pos]!r} in type")
         return result
 
-    def union(self) -> Any:
+    def union(self, allow_none: bool = False) -> Any:
         start = self.pos
         members = [self.primary()]
         self.skip_ws()
@@ -108,7 +108,7 @@ class _TypeParser:
             members.append(self.primary())
             self.skip_ws()
         if len(members) == 1:
-            if members[0] is None:
+            if members[0] is None and not allow_none:
                 raise self.error("None is not a field type on its own", start)
             return members[0]
         # DSPy builds `a | b` as typing.Union / Optional (never types.UnionType).
@@ -185,7 +185,7 @@ class _TypeParser:
                 args.append(...)
                 self.pos += 3
             else:
-                arg = self.union()
+                arg = self.union(allow_none=True)
                 args.append(NoneType if arg is None else arg)
             self.skip_ws()
             if self.pos < self.end and self.spec[self.pos] == ",":
@@ -420,7 +420,11 @@ def _schema(t: Any) -> dict[str, Any] | bool:
         choices = [_schema(a) for a in members]
         if len(members) != len(args):
             choices.append({"type": "null"})  # pydantic lists null last
-        return {"anyOf": choices}
+        unique: list[Any] = []
+        for c in choices:  # pydantic drops repeated choices (list[str] | List[str])
+            if c not in unique:
+                unique.append(c)
+        return unique[0] if len(unique) == 1 else {"anyOf": unique}
     if origin is typing.Literal:
         values = list(args)  # typing.Literal already removed duplicates
         kinds = {type(v) for v in values}

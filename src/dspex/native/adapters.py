@@ -372,9 +372,9 @@ class JSONAdapter(Adapter):
             )
         obj = _parse.loads_lenient(completion)
         if not isinstance(obj, dict):
-            brace = completion.find("{")
-            if brace >= 0:
-                obj = _parse.loads_lenient(completion[brace:])
+            inner = _parse.balanced_object(completion)
+            if inner is not None:
+                obj = _parse.loads_lenient(inner)
         if not isinstance(obj, dict):
             raise ParseError(
                 "LM response cannot be serialized to a JSON object.",

@@ -239,13 +239,21 @@ class Signature(metaclass=_SignatureMeta):
 
     @classmethod
     def _build(
-        cls, fields: list[Field] | tuple[Field, ...], instructions: str | None, name: str = "StringSignature"
+        cls,
+        fields: list[Field] | tuple[Field, ...],
+        instructions: str | None,
+        name: str = "StringSignature",
+        from_class: bool = False,
     ) -> Signature:
+        # DSPy: instructions=""/None given to Signature(...)/make_signature mean the default
+        # text; a class docstring is used as written (cleaned), even when empty.
+        if not instructions and not from_class:
+            instructions = None
         inputs = {f[0]: f for f in fields if f[1] == "input"}
         outputs = {f[0]: f for f in fields if f[1] == "output"}
         if instructions is None:
             instructions = default_instructions(inputs, outputs)
-        elif instructions:
+        else:
             instructions = cleandoc(instructions)
         self = object.__new__(cls)
         setattr_ = object.__setattr__
@@ -606,4 +614,4 @@ def _from_class_body(cls_name: str, ns: dict[str, Any]) -> Signature:
     if doc is not None:
         instructions = doc
     ordered = [f for f in fields.values() if f.kind == "input"] + [f for f in fields.values() if f.kind == "output"]
-    return Signature._build(ordered, instructions, cls_name)
+    return Signature._build(ordered, instructions, cls_name, from_class=doc is not None)
