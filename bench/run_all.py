@@ -38,7 +38,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 # Display order: cheapest first.
-ORDER = ["core", "lm", "pool", "bridge", "pipeline", "local"]
+ORDER = ["core", "cli", "lm", "pool", "bridge", "pipeline", "local"]
 DESCRIPTIONS = {
     "core": "signature parse, adapter format/parse, Predict with an in-process LM vs DSPy",
     "lm": "Predict over HTTP and concurrent calls against the fake LM server vs DSPy",
@@ -46,6 +46,7 @@ DESCRIPTIONS = {
     "bridge": "DSPy in workers: worker start-up, dspy.run round trips",
     "pipeline": "mixed native/worker pipelines",
     "local": "the embedded model: start-up and predictions",
+    "cli": "start-up of the dspex command vs bare python and `import dspy`",
 }
 
 
