@@ -382,7 +382,7 @@ def _v_int(value: Any, strict: bool) -> Any:
     if t is bool:
         return int(value)
     if t is float:
-        if value.is_integer():
+        if value.is_integer() and -(2**63) <= value < 2**63:  # pydantic converts within i64 only
             return int(value)
         raise _fail(value, "integer (it has a fractional part)")
     if isinstance(value, (bytes, bytearray)):
@@ -401,10 +401,10 @@ def _v_float(value: Any, strict: bool) -> Any:
     t = type(value)
     if t is float:
         return value
+    if strict:  # in a union, an int is an exact match for int members only
+        raise _fail(value, "number")
     if t is int:
         return float(value)
-    if strict:
-        raise _fail(value, "number")
     if t is bool:
         return float(value)
     if isinstance(value, (bytes, bytearray)):

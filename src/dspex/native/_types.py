@@ -111,8 +111,17 @@ class _TypeParser:
             if members[0] is None and not allow_none:
                 raise self.error("None is not a field type on its own", start)
             return members[0]
-        # DSPy builds `a | b` as typing.Union / Optional (never types.UnionType).
-        return typing.Union[tuple(NoneType if m is None else m for m in members)]  # noqa: UP007
+        # DSPy folds `a | b | c` left to right into typing.Optional / typing.Union
+        # (never types.UnionType): `None | int` is Optional[int].
+        result = members[0]
+        for right in members[1:]:
+            if right is None or right is NoneType:
+                result = typing.Optional[NoneType if result is None else result]  # noqa: UP045
+            elif result is None or result is NoneType:
+                result = typing.Optional[right]  # noqa: UP045
+            else:
+                result = typing.Union[result, right]  # noqa: UP007
+        return result
 
     def name(self) -> str:
         spec, pos, end = self.spec, self.pos, self.end

@@ -170,6 +170,9 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
         d.update(changes)
         return Field(**d)
 
+    def __getnewargs__(self) -> tuple[Any, ...]:
+        return tuple(self)
+
     def __repr__(self) -> str:
         return (
             f"Field(name={self[0]!r}, kind={self[1]!r}, annotation={self[5]}, desc={self[3]!r}, prefix={self[4]!r})"
@@ -476,7 +479,8 @@ def _find_arrows(spec: str) -> list[int]:
             j = i + 1
             while j < n and spec[j] != ch and spec[j] != "\n":
                 j += 2 if spec[j] == "\\" else 1
-            i = j + 1
+            # an unterminated quote is left for the type parser to report
+            i = j + 1 if j < n and spec[j] == ch else i + 1
             continue
         if ch == "-" and spec.startswith("->", i):
             arrows.append(i)
@@ -500,7 +504,7 @@ def _parse_side(spec: str, start: int, end: int, kind: str, out: list[Field], se
         if not stripped:
             if idx == last and idx > 0:
                 continue  # one trailing comma is fine ("a, b, -> c"), as in Python/DSPy
-            raise SignatureError("empty field name", spec, a + (len(piece) - len(piece.lstrip(_WS))))
+            raise SignatureError("empty field name before this comma", spec, b)
         name_pos = a + len(piece) - len(piece.lstrip(_WS))
         colon = piece.find(":")
         if colon < 0:
@@ -600,6 +604,8 @@ def _from_class_body(cls_name: str, ns: dict[str, Any]) -> Signature:
             continue
         ann = annotations.get(attr, value.annotation if value.annotation is not None else str)
         if isinstance(ann, str):
+            if len(ann) > 1 and ann[0] == ann[-1] and ann[0] in "'\"":
+                ann = ann[1:-1]  # `x: "list[int]"` under `from __future__ import annotations`
             ann = _types.parse_type(ann, 0, len(ann))
         else:
             _check_annotation(attr, ann)
