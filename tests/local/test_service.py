@@ -86,7 +86,7 @@ def test_restart_after_kill_9_then_stop(local_service: LocalModelService) -> Non
     assert _wait_dead(old_pid, 10)
     new_url = local_service.ensure_running()  # the check before use notices and restarts
     new_pid = local_service.status()["pid"]
-    assert new_pid != old_pid and _pid_alive(new_pid)
+    assert new_pid != old_pid and _pid_alive(new_pid), (old_pid, new_pid)
     assert new_url == url  # same port: URLs already handed to workers stay valid
     reply = httpx.post(
         f"{new_url}/chat/completions",

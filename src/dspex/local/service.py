@@ -267,6 +267,16 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
+def _wait_port_free(host: str, port: int, timeout: float) -> bool:
+    """Wait (briefly) for a dead server's port to be released; True once it is free."""
+    deadline = time.monotonic() + timeout
+    while not _port_free(host, port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _get_models(base_url: str, timeout: float) -> list[str]:
     """GET {base_url}/models; the model ids. Raises OSError/ValueError when unhealthy."""
     import urllib.request  # ~20 ms of http.client: only when a check actually runs
@@ -511,7 +521,9 @@ class LocalModelService:
         assert self._base_url is not None
         if self._pid is not None:
             if self._proc is not None:
-                if self._proc.poll() is not None:
+                # poll() stays None while a killed multi-threaded server is still being torn
+                # down (its leader already a zombie): look at the process state as well.
+                if self._proc.poll() is not None or not _pid_alive(self._pid):
                     return False
             elif not _is_our_server(self._pid):
                 return False
@@ -557,7 +569,7 @@ class LocalModelService:
         # to workers stay valid across a restart), then any free port.
         if self.port:
             port = self.port
-        elif prev_port and _port_free(self.host, prev_port):
+        elif prev_port and _wait_port_free(self.host, prev_port, 3.0):
             port = prev_port
         else:
             port = _free_port(self.host)

@@ -107,8 +107,8 @@ def gbnf_for(
     ``.output_fields`` of objects with ``.annotation``, e.g. a DSPy signature).
     ``adapter``: ``"chat"``, ``"json"`` or an adapter instance. ``max_chars`` caps
     each free-text value (default ``DEFAULT_MAX_CHARS``); when it is None and
-    ``max_tokens`` is given, the cap shrinks so the reply's token budget (~3 chars a
-    token, shared among the free-text fields) still reaches the last field. ``max_items`` caps
+    ``max_tokens`` is given, the cap shrinks so the reply's token budget (~2 chars a
+    token, shared among the open-ended fields) still reaches the last field. ``max_items`` caps
     JSON arrays and objects.
     """
     kind = _adapter_kind(adapter)
@@ -117,9 +117,13 @@ def gbnf_for(
         raise ValueError("the signature has no output fields: nothing to constrain")
     if max_chars is None:
         if max_tokens:
-            n_text = sum(1 for _, ann in fields if _is_text(ann)) or 1
-            budget = (int(max_tokens) * 3 - 40 * len(fields)) // n_text
+            # ~2 chars a token (indented code and numbers tokenize worse than prose's
+            # ~4) after ~12 tokens of markers per field, shared by the open-ended fields.
+            n_open = sum(1 for _, ann in fields if not _is_scalar(ann)) or 1
+            budget = (int(max_tokens) - 12 * len(fields) - 8) * 2 // n_open
             max_chars = max(32, min(DEFAULT_MAX_CHARS, budget))
+            # and a list or object of short strings stays within about twice that
+            max_items = min(max_items, max(2, 2 * max_chars // (_item_chars(max_chars) + 4)))
         else:
             max_chars = DEFAULT_MAX_CHARS
     max_chars = max(1, int(max_chars))
@@ -142,8 +146,21 @@ def gbnf_for(
     return grammar
 
 
-def _is_text(annotation: Any) -> bool:
-    return _strip_annotated(annotation) is str or _is_optional_str(annotation)
+def _item_chars(max_chars: int) -> int:
+    """Cap on each string inside a JSON list/object: an eighth of the text cap."""
+    return min(_JSON_STR_CHARS, max(16, max_chars // 8))
+
+
+def _is_scalar(annotation: Any) -> bool:
+    """int, float, bool, Literal, Enum (and Optional of those): short by construction."""
+    annotation = _strip_annotated(annotation)
+    if annotation in (int, float, bool, type(None)) or get_origin(annotation) is Literal:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return all(_is_scalar(a) for a in get_args(annotation))
+    return False
 
 
 def _strip_annotated(annotation: Any) -> Any:
@@ -169,6 +186,7 @@ class _Builder:
     def __init__(self, max_chars: int, max_items: int) -> None:
         self.max_chars = max_chars
         self.max_items = max_items
+        self.item_chars = _item_chars(max_chars)
         self.rules: dict[str, str] = {}
         self.by_key: dict[Any, str] = {}
         self.counter = 0
@@ -271,7 +289,9 @@ class _Builder:
         origin = get_origin(ann)
         args = get_args(ann)
         if ann is str or _is_reasoning(ann):
-            return self.json_string(self.max_chars if field else _JSON_STR_CHARS)
+            # A top-level JSONAdapter field gets the text cap; strings inside lists and
+            # objects an eighth of it, so a whole list stays near the budget too.
+            return self.json_string(self.max_chars if field else self.item_chars)
         if ann is bool:
             return self.rule("json-bool", '"true" | "false"', key="json-bool")
         if ann is int:
@@ -334,7 +354,8 @@ class _Builder:
 
         return self.rule(f"model-{ann.__name__}", body, key=("model", ann))
 
-    def json_string(self, n: int = _JSON_STR_CHARS) -> str:
+    def json_string(self, n: int | None = None) -> str:
+        n = self.item_chars if n is None else n
         char = self.rule(
             "json-char",
             '[^"\\\\\\x00-\\x1F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
