@@ -617,6 +617,7 @@ class OptimizeResult:
     lm_calls: int = 0
     elapsed_s: float = 0.0
     resumed: bool = False
+    resumed_after: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     _program: Any = field(default=None, repr=False)
 
@@ -733,6 +734,7 @@ def _result(out: dict[str, Any], base_sig: Any, events: list[dict[str, Any]]) ->
         state=out["state"], module=out["module"], signature=base_sig, optimizer=out["optimizer"],
         score=out.get("score"), trials=out.get("trials") or [], metric_calls=out.get("metric_calls", 0),
         lm_calls=out.get("lm_calls", 0), elapsed_s=out.get("elapsed_s", 0.0), resumed=bool(out.get("resumed")),
+        resumed_after=int(out.get("resumed_after") or 0),
         events=events,
     )
 

@@ -384,7 +384,7 @@ def modules(ctx: Context) -> list[str]:
         return list(store)
 
 
-@handler("dspy.optimize")
+@handler("dspy.optimize", concurrent=True)
 def optimize(ctx: Context, **kwargs: Any) -> dict[str, Any]:
     """Run a DSPy optimizer; streams progress events; returns the program state."""
     from ._optimize import run_optimizer
