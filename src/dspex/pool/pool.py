@@ -78,6 +78,7 @@ _DSPEX_DIR = str(Path(__file__).resolve().parent.parent)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _EP_IN = select.EPOLLIN
 _EP_OUT = select.EPOLLOUT
+_EP_ONE = select.EPOLLONESHOT
 
 # worker states
 STARTING, READY, RETIRING, DRAINING, STOPPING, DEAD = range(6)
@@ -176,10 +177,12 @@ class _Worker:
         "n_serial",
         "outbuf",
         "pid",
+        "poller",
         "proto_error",
         "reader",
         "ready_at",
         "requests",
+        "rlock",
         "rss_kb",
         "send_lock",
         "sock",
@@ -216,6 +219,11 @@ class _Worker:
         self.rss_kb = 0
         self.info: dict[str, Any] = {}
         self.strict_q: deque[_Call] = deque()
+        # Whoever holds rlock reads the socket: the I/O thread, or a waiting sync caller
+        # that reads its own reply directly (no thread hop: the fast path).
+        self.rlock = threading.Lock()
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
 
 
 def _tail(buf: bytearray, n: int = 4000) -> str:
@@ -578,6 +586,8 @@ class Pool:
         call = self._new_call(handler, args, kwargs, session, timeout, callbacks, on_event, stream=True)
         call.q = queue.SimpleQueue()
         self._submit(call)
+        if call.worker is not None:
+            self._arm(call.worker)  # the I/O thread reads for this caller
         ok = False
         try:
             while True:
@@ -611,6 +621,8 @@ class Pool:
         aq: asyncio.Queue[Any] = asyncio.Queue()
         call.q = aq
         self._submit(call)
+        if call.worker is not None:
+            self._arm(call.worker)  # the I/O thread reads for this caller
         ok = False
         try:
             while True:
@@ -770,8 +782,19 @@ class Pool:
         if call.lock is None:
             call.q = queue.SimpleQueue()
         self._submit(call)
+        if call.lock is None and call.worker is not None:
+            self._arm(call.worker)  # callers that do not read for themselves
         if call.lock is not None:
+            w = call.worker
             try:
+                # Read our own reply if nobody else is reading this worker; otherwise
+                # the rlock holder completes it (and arms the I/O thread when it lets go).
+                if w is not None and w.rlock.acquire(False):
+                    try:
+                        self._lead(w, call)
+                    finally:
+                        w.rlock.release()
+                        self._arm(w)
                 if call.deadline is None:
                     call.lock.acquire()
                 elif not call.lock.acquire(True, max(0.0, call.deadline - time.monotonic())):
@@ -793,6 +816,24 @@ class Pool:
                     self._abandon(call, timed_out=False)
                 raise
         return self._after(call, detailed)
+
+    def _lead(self, w: _Worker, call: _Call) -> None:
+        """Read ``w``'s socket on this thread until our call is done (rlock held).
+
+        Completes other callers' calls on the way. Stops at the deadline, or when the
+        call moved (re-queued) or the worker is gone; the normal wait takes over.
+        """
+        poll = w.poller.poll
+        deadline = call.deadline
+        while call.state != _DONE and call.worker is w and w.state != DEAD and not w.eof and not w.proto_error:
+            if deadline is None:
+                timeout_ms = None
+            else:
+                timeout_ms = (deadline - time.monotonic()) * 1000.0
+                if timeout_ms <= 0:
+                    return
+            if poll(timeout_ms):
+                self._on_readable(w)
 
     def _q_get(self, call: _Call) -> Any:
         """Next chunk / the end marker from a queued (stream or on_event) call."""
@@ -853,6 +894,8 @@ class Pool:
         call.loop = loop
         call.fut = loop.create_future()
         self._submit(call)
+        if call.worker is not None:
+            self._arm(call.worker)  # the I/O thread reads for this caller
         fut = call.fut
         try:
             if call.deadline is None:
@@ -1022,8 +1065,22 @@ class Pool:
             return  # dead; the I/O thread finalizes it
         if n < len(data):
             w.outbuf.append(memoryview(data)[n:])
+            self._arm_locked(w)
+
+    def _arm_locked(self, w: _Worker, want_in: bool = True) -> None:
+        """(Re)arm the one-shot epoll registration. Worker send lock held.
+
+        Input is watched only while calls are in flight and no caller is reading
+        them itself: an idle worker's death is reported by the template instead.
+        """
+        flags = _EP_ONE | (_EP_IN if want_in and w.inflight else 0) | (_EP_OUT if w.outbuf else 0)
+        if flags != _EP_ONE and not w.eof and w.state != DEAD:
             with contextlib.suppress(OSError, ValueError):
-                self._ep.modify(w.fd, _EP_IN | _EP_OUT)
+                self._ep.modify(w.fd, flags)
+
+    def _arm(self, w: _Worker) -> None:
+        with w.send_lock:
+            self._arm_locked(w)
 
     def _send_msg(self, w: _Worker, msg: list[Any]) -> None:
         data = self._codec.frame(msg)
@@ -1069,6 +1126,8 @@ class Pool:
                     call.state = _QUEUED
                     self._queue.appendleft(call)
                     self._n_queued += 1
+        for w in {w for w, _ in out}:
+            self._arm(w)  # their callers wait on the I/O thread
 
     def _abandon(self, call: _Call, timed_out: bool) -> bool:
         """The caller gave up (deadline or cancellation). True if the call is now
@@ -1184,7 +1243,18 @@ class Pool:
                         if ev & _EP_OUT:
                             self._flush(obj)
                         if ev & (_EP_IN | select.EPOLLHUP | select.EPOLLERR):
-                            self._on_readable(obj)
+                            if obj.rlock.acquire(False):
+                                try:
+                                    self._on_readable(obj)
+                                finally:
+                                    obj.rlock.release()
+                                self._arm(obj)
+                            elif obj.outbuf:
+                                # a caller is reading: it re-arms input when it lets go
+                                with obj.send_lock:
+                                    self._arm_locked(obj, want_in=False)
+                        else:
+                            self._arm(obj)
                     elif kind == "err":
                         self._on_stderr(fd, obj)
                     elif kind == "z":
@@ -1212,25 +1282,21 @@ class Pool:
                     w.outbuf[0] = memoryview(data)[n:]
                     return
                 w.outbuf.popleft()
-            with contextlib.suppress(OSError, ValueError):
-                self._ep.modify(w.fd, _EP_IN)
 
     def _on_readable(self, w: _Worker) -> None:
         if w.state == DEAD or w.proto_error:
             return
         try:
-            data = w.sock.recv(262144)
+            msgs = w.reader.recv(w.sock)
         except (BlockingIOError, InterruptedError):
             return
-        except OSError:
-            data = b""
-        if not data:
-            self._on_eof(w)
-            return
-        try:
-            msgs = w.reader.feed(data)
         except P.FrameError as exc:
             self._protocol_error(w, str(exc))
+            return
+        except OSError:
+            msgs = None
+        if msgs is None:
+            self._on_eof(w)
             return
         if msgs:
             self._handle_msgs(w, msgs)
@@ -1569,17 +1635,23 @@ class Pool:
                 if w is not None:
                     w.exit = (code, sig)
                     if not w.eof and w.state != DEAD and not w.proto_error:
-                        # read what it wrote before dying, then give up on the socket
-                        for _ in range(1024):
-                            before = w.eof
-                            self._on_readable(w)
-                            if w.eof or before or w.state == DEAD:
-                                break
-                            try:
-                                if not select.select([w.sock], [], [], 0)[0]:
+                        if not w.rlock.acquire(False):
+                            # a caller is reading: it will see the EOF and finalize
+                            w.stop_at = w.stop_at or time.monotonic()
+                            continue
+                        try:
+                            # read what it wrote before dying, then give up on the socket
+                            for _ in range(1024):
+                                self._on_readable(w)
+                                if w.eof or w.state == DEAD:
                                     break
-                            except (OSError, ValueError):
-                                break
+                                try:
+                                    if not select.select([w.sock], [], [], 0)[0]:
+                                        break
+                                except (OSError, ValueError):
+                                    break
+                        finally:
+                            w.rlock.release()
                     self._finalize(w, "exit")
             elif kind == P.Z_FAIL:
                 with self._lock:
@@ -1683,7 +1755,7 @@ class Pool:
             self._by_token[token] = w
             self._fdmap[w.fd] = ("w", w)
             self._fdmap[err_r] = ("err", w)
-        self._ep.register(w.fd, _EP_IN)
+        self._ep.register(w.fd, _EP_IN | _EP_ONE)
         self._ep.register(err_r, _EP_IN)
         ok = self._zsend([P.Z_FORK, token], [child.fileno(), err_w])
         child.close()
@@ -1929,7 +2001,7 @@ class Pool:
                         finals.append(w)
                     else:
                         kills.append((w, w.kill_reason or "stop timeout"))
-                elif w.eof and w.exit is None and w.stop_at is not None and now - w.stop_at > 0.5:
+                elif (w.eof or w.exit is not None) and w.stop_at is not None and now - w.stop_at > 0.5:
                     finals.append(w)
                 # cancelled calls that overstayed their grace
                 if w.state in (READY, RETIRING, DRAINING):

@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+RECV_SIZE = 256 * 1024
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
 
@@ -187,19 +188,31 @@ class Codec:
 class FrameReader:
     """Splits a byte stream into decoded messages; keeps partial frames between feeds."""
 
-    __slots__ = ("_buf", "_codec", "_need", "max_frame")
+    __slots__ = ("_buf", "_codec", "_need", "_rbuf", "_rview", "max_frame")
 
     def __init__(self, codec: Codec, max_frame: int | None = None) -> None:
         self._codec = codec
         self.max_frame = max_frame if max_frame is not None else codec.max_frame
         self._buf = bytearray()
         self._need = HEADER_SIZE
+        # recv_into a reused buffer: sock.recv(256 KiB) would allocate (mmap) per call
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+
+    def recv(self, sock: Any, flags: int = 0) -> list[list[Any]] | None:
+        """One ``recv`` from ``sock``: the complete messages, or None at EOF.
+        Socket errors (BlockingIOError included) propagate."""
+        n = sock.recv_into(self._rbuf, RECV_SIZE, flags)
+        if not n:
+            return None
+        return self.feed(self._rview[:n])
 
     def pending(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[list[Any]]:
-        """Add bytes; return the complete messages (FrameError on a bad frame)."""
+    def feed(self, data: Any) -> list[list[Any]]:
+        """Add bytes (or a memoryview, only read during the call); return the complete
+        messages (FrameError on a bad frame)."""
         if self._buf:
             self._buf += data
             if len(self._buf) < self._need:

@@ -234,34 +234,41 @@ class WorkerRuntime:
     # -- reading -------------------------------------------------------------------
     def read_blocking(self) -> list[list[Any]] | None:
         while True:
-            data = self.sock.recv(262144)
-            if not data:
-                return None
-            msgs = self.reader.feed(data)
-            if msgs:
+            msgs = self.reader.recv(self.sock)
+            if msgs is None or msgs:
                 return msgs
 
     def poll(self) -> None:
         """Read whatever has arrived without blocking (main thread only)."""
         while True:
             try:
-                data = self.sock.recv(262144, socket.MSG_DONTWAIT)
+                msgs = self.reader.recv(self.sock, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
-            if not data:
+            if msgs is None:
                 os._exit(0)  # host gone
-            for m in self.reader.feed(data):
+            for m in msgs:
                 self.handle(m)
 
     def serve(self, info: dict[str, Any]) -> None:
         self.send([P.READY, os.getpid(), info])
-        while not self.stopping or self.pending:
-            if self.pending:
-                self.run_serial(self.pending.popleft())
+        reader, sock, handlers, pending = self.reader, self.sock, self.handlers, self.pending
+        while not self.stopping or pending:
+            if pending:
+                self.run_serial(pending.popleft())
                 continue
-            msgs = self.read_blocking()
+            msgs = reader.recv(sock)
             if msgs is None:
                 return
+            if len(msgs) == 1:
+                # fast path: a lone call of a plain sync handler runs straight away
+                m = msgs[0]
+                if m[0] == P.CALL:
+                    spec = handlers.get(m[2])
+                    if spec is not None and spec.kind == "sync" and not spec.concurrent:
+                        self.active.add(m[1])
+                        self.run_serial(m)
+                        continue
             for m in msgs:
                 self.handle(m)
 
@@ -362,7 +369,7 @@ class WorkerRuntime:
             self.send_cancelled(rid)
             return
         spec = self.handlers[name]
-        ctx = Context(self, rid, session, self._state(session), flags)
+        ctx = Context(self, rid, session, {} if session is None else self._state(session), flags)
         self.current = rid
         try:
             if spec.kind == "gen":
@@ -378,7 +385,9 @@ class WorkerRuntime:
                 self.send_error(rid, exc)
             return
         self.current = None
-        self._finish(rid)
+        self.active.discard(rid)
+        if self.cancelled:
+            self.cancelled.discard(rid)
         self.send_result(rid, out)
 
     def _drain_gen(
