@@ -7,8 +7,6 @@ messages both sent and the predictions both returned (types included).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import pytest
 
 import dspex

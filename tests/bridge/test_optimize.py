@@ -177,7 +177,6 @@ def test_worker_crash_during_optimization(fake_lm: FakeLMServer, opt_pool) -> No
     t.join(60)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], dspex.WorkerCrashed), errors
-    assert "optimizer" not in str(errors[0]) or True  # message names the pool; the type is the contract
     fake_lm.latency = 0.0
     # The pool replaced the worker; the next call works.
     new_pid = opt_pool.call("dspy.ping", timeout=60)["pid"]
