@@ -174,3 +174,27 @@ def test_default_manager_is_shared() -> None:
     import dspex.pool
 
     assert dspex.pool.manager() is dspex.pool.manager()
+
+
+def test_worker_module_is_runnable_and_light() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, dspex.pool.worker; print(sorted(m for m in sys.modules if m in "
+         "('dspy', 'httpx', 'yaml', 'numpy', 'pydantic', 'asyncio')))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out
+    usage = subprocess.run([sys.executable, "-m", "dspex.pool.worker"], capture_output=True, text=True, timeout=60)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_session_ttl_drops_idle_sessions() -> None:
+    import time
+
+    with Pool("ttl", 1, handlers=["dspex.testing.handlers"], session_ttl_s=0.2, forward_stderr=False) as p:
+        p.call("state_set", "k", 1, session="old")
+        assert p.call("state_get", "k", session="old") == 1
+        deadline = time.monotonic() + 10
+        while p.stats()["sessions"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.stats()["sessions"] == 0
+        assert p.call("state_get", "k", session="old") is None  # the worker dropped it too

@@ -24,7 +24,6 @@ worker as soon as the host process dies.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
 import importlib.util
@@ -39,13 +38,16 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from dspex.pool import protocol as P
 from dspex.pool.handler import Context, HandlerSpec, registry
+
+if TYPE_CHECKING:  # imported lazily at run time: most workers never need them
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["BOOTSTRAP", "main"]
 
@@ -286,6 +288,8 @@ class WorkerRuntime:
                 self._start_async(m, spec)
             elif spec.concurrent:
                 if self.executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
                     self.executor = ThreadPoolExecutor(64, thread_name_prefix="dspex-handler")
                 self.executor.submit(self._run_threaded, m, spec)
             else:
@@ -340,6 +344,8 @@ class WorkerRuntime:
         return slot.result()
 
     async def acallback(self, rid: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         if threading.get_ident() == self.main_ident:  # pragma: no cover - async runs on the loop thread
             return self.callback(rid, name, args, kwargs)
@@ -429,6 +435,8 @@ class WorkerRuntime:
         self.send_result(rid, out)
 
     def _start_async(self, m: list[Any], spec: HandlerSpec) -> None:
+        import asyncio
+
         if self.loop is None:
             self.loop = asyncio.new_event_loop()
             ready = threading.Event()
@@ -454,6 +462,8 @@ class WorkerRuntime:
         self.tasks[rid] = self.loop.create_task(self._run_async(m, spec))
 
     async def _run_async(self, m: list[Any], spec: HandlerSpec) -> None:
+        import asyncio
+
         _, rid, _name, args, kwargs, session, flags = m
         ctx = Context(self, rid, session, self._state(session), flags)
         try:
@@ -558,7 +568,6 @@ class Zygote:
             "threads_after_import": threads,
             "import_s": import_s,
         }
-        gc.collect()
         gc.freeze()  # keep the preloaded heap shared (copy-on-write) across forks
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
