@@ -210,9 +210,11 @@ def render_value(draw: st.DrawFn, t: Tree, value: Any) -> str:
 
 
 def _has_dict(v: Any) -> bool:
-    if isinstance(v, dict):
+    # dicts and sets print with braces; json_repair's guesses on Python-literal braces
+    # (e.g. "[{0}]", "{-1: 0}") are not copied, so those values are written as JSON.
+    if isinstance(v, (dict, set, frozenset)):
         return True
-    if isinstance(v, (list, tuple, set, frozenset)):
+    if isinstance(v, (list, tuple)):
         return any(_has_dict(x) for x in v)
     return False
 

@@ -131,10 +131,24 @@ def json_replies(draw: st.DrawFn, s: dict[str, Any]) -> str:
     if style == 2:
         return f"Here is the answer:\n{body}\nHope it helps."
     if style == 3:
-        return body.rstrip("}")  # missing closing brace
-    if style == 4:
-        return repr(_jsonish(obj))  # a Python dict: single quotes, True/None
+        # Missing closing brace, compact JSON only: on truncated *indented* JSON json_repair
+        # makes guesses (it drops an empty nested array) that dspex does not copy.
+        return json.dumps(_jsonish(obj)).rstrip("}")
+    if style == 4 and _plain_strings(obj):
+        # A Python dict: single quotes, True/None. (Only with plain strings: json_repair
+        # cuts a single-quoted string at ",}" etc., a guess dspex does not copy.)
+        return repr(_jsonish(obj))
     return body
+
+
+def _plain_strings(v: Any) -> bool:
+    if isinstance(v, str):
+        return not any(c in v for c in "'\",:{}[]\\\n")
+    if isinstance(v, dict):
+        return all(_plain_strings(k) and _plain_strings(x) for k, x in v.items())
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return all(_plain_strings(x) for x in v)
+    return True
 
 
 @SETTINGS

@@ -83,7 +83,7 @@ def test_indented_header_and_same_line_value() -> None:
 
 _TYPES = [int, float, bool, str, list[int], list[str], dict[str, int], tuple[int, str], tuple[int, ...], set[int],
           "Optional[int]", "Union[int, str]", "Union[float, int]", "Union[bool, int]", "Literal[1, 2]",
-          "Literal['a', 'b']", "list[Optional[float]]", "dict[int, list[bool]]", "Any", "int | list[int]"]
+          "Literal['a', 'b']", "Union[float, Any]", "Union[str, float]", "list[Optional[float]]", "dict[int, list[bool]]", "Any", "int | list[int]"]
 _candidates = st.recursive(
     st.one_of(
         st.none(), st.booleans(), st.integers(-1000, 1000), st.floats(allow_nan=False),

@@ -209,14 +209,14 @@ class _Repair:
             end = text.find('"', start)
             if end >= 0 and "\\" not in text[start:end]:
                 self.pos = end + 1
-                return text[start:end]
+                return text[start:end].rstrip("\n")
         out: list[str] = []
         pos = start
         while pos < n:
             ch = text[pos]
             if ch == quote:
                 self.pos = pos + 1
-                return "".join(out)
+                return "".join(out).rstrip("\n")  # json_repair drops trailing newlines here
             if ch == "\\" and pos + 1 < n:
                 nxt = text[pos + 1]
                 esc = _ESCAPES.get(nxt)
@@ -401,10 +401,10 @@ def _v_float(value: Any, strict: bool) -> Any:
     t = type(value)
     if t is float:
         return value
-    if strict:  # in a union, an int is an exact match for int members only
-        raise _fail(value, "number")
     if t is int:
-        return float(value)
+        return float(value)  # pydantic's strict float accepts ints too
+    if strict:
+        raise _fail(value, "number")
     if t is bool:
         return float(value)
     if isinstance(value, (bytes, bytearray)):
@@ -508,13 +508,26 @@ def _make_literal(allowed: tuple[Any, ...]) -> Validator:
     return v
 
 
-def _make_union(members: list[Validator]) -> Validator:
+_EXACT_SCALARS = (str, int, float, bool, NoneType)
+
+
+def _make_union(args: tuple[Any, ...]) -> Validator:
+    """pydantic's "smart" union: an exact type match wins, then the first strict
+    match (``Any`` last), then the first lax match, each in declaration order."""
+    exact = frozenset(a for a in args if a in _EXACT_SCALARS)
+    has_any = any(a is Any for a in args)
+    members = [validator(a) for a in args if a is not Any]
+
     def v(value: Any, strict: bool) -> Any:
-        for f in members:  # exact (strict) matches first, in declaration order
+        if type(value) in exact:
+            return value
+        for f in members:
             try:
                 return f(value, True)
             except Invalid:
                 pass
+        if has_any:
+            return value
         if not strict:
             for f in members:
                 try:
@@ -567,15 +580,18 @@ _validators: dict[Any, Validator] = {}
 
 def validator(annotation: Any) -> Validator:
     """The (cached) validator for ``annotation``."""
+    # typing's Union/Literal compare equal in any order, but pydantic's smart union
+    # follows the declared order: key by the repr as well.
     try:
-        return _validators[annotation]
+        key = (annotation, repr(annotation))
+        return _validators[key]
     except KeyError:
         pass
     except TypeError:  # unhashable annotation
         return _build(annotation)
     v = _build(annotation)
     if len(_validators) < 4096:
-        _validators[annotation] = v
+        _validators[key] = v
     return v
 
 
@@ -608,7 +624,7 @@ def _build(t: Any) -> Validator:
     if origin is typing.Literal:
         return _make_literal(args)
     if origin in (typing.Union, types.UnionType):
-        return _make_union([validator(a) for a in args])
+        return _make_union(args)
     return _make_pydantic(t)
 
 

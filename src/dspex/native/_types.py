@@ -306,7 +306,18 @@ def parse_type(spec: str, start: int, end: int) -> Any:
     simple = SUPPORTED_NAMES.get(text)
     if simple is not None and simple not in _ONLY_SUBSCRIPTED and text != "None":
         return simple
-    return _TypeParser(spec, start, end).parse()
+    cached = _PARSED.get(text)
+    if cached is not None:
+        return cached
+    result = _TypeParser(spec, start, end).parse()  # errors are not cached: they carry positions
+    if len(_PARSED) < 4096:
+        _PARSED[text] = result
+    return result
+
+
+# type text -> annotation (bounded). Keyed by text, never by annotation: typing's Union
+# and Literal compare equal regardless of order, but DSPy's names and parsing follow it.
+_PARSED: dict[str, Any] = {}
 
 
 # --------------------------------------------------------------------------- checking

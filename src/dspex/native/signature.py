@@ -88,12 +88,14 @@ def infer_prefix(name: str) -> str:
 
 
 def default_instructions(inputs: Iterable[str], outputs: Iterable[str]) -> str:
-    ins = ", ".join(f"`{n}`" for n in inputs)
-    outs = ", ".join(f"`{n}`" for n in outputs)
+    ins = ", ".join(["`" + n + "`" for n in inputs])
+    outs = ", ".join(["`" + n + "`" for n in outputs])
     return f"Given the fields {ins}, produce the fields {outs}."
 
 
 # --------------------------------------------------------------------------- fields
+
+_NAME_DEFAULTS: dict[str, tuple[str, str]] = {}  # name -> (default desc, default prefix)
 
 
 class Field(tuple):  # type: ignore[type-arg,unused-ignore]
@@ -117,11 +119,16 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
     ) -> Field:
         if kind not in ("input", "output"):
             raise ValueError(f"field kind must be 'input' or 'output', not {kind!r}")
-        if name:
+        if name and (desc is None or prefix is None):
+            defaults = _NAME_DEFAULTS.get(name)
+            if defaults is None:
+                defaults = (f"${{{name}}}", infer_prefix(name) + ":")
+                if len(_NAME_DEFAULTS) < 8192:
+                    _NAME_DEFAULTS[name] = defaults
             if desc is None:
-                desc = f"${{{name}}}"
+                desc = defaults[0]
             if prefix is None:
-                prefix = infer_prefix(name) + ":"
+                prefix = defaults[1]
         if type_name is None and annotation is not None:
             type_name = "str" if annotation is str else _types.type_name(annotation)
         return tuple.__new__(cls, (name, kind, annotation, desc, prefix, type_name))
@@ -252,8 +259,10 @@ class Signature(metaclass=_SignatureMeta):
         # text; a class docstring is used as written (cleaned), even when empty.
         if not instructions and not from_class:
             instructions = None
-        inputs = {f[0]: f for f in fields if f[1] == "input"}
-        outputs = {f[0]: f for f in fields if f[1] == "output"}
+        inputs: dict[str, Field] = {}
+        outputs: dict[str, Field] = {}
+        for f in fields:
+            (inputs if f[1] == "input" else outputs)[f[0]] = f
         if instructions is None:
             instructions = default_instructions(inputs, outputs)
         else:
@@ -523,7 +532,35 @@ def _parse_side(spec: str, start: int, end: int, kind: str, out: list[Field], se
         out.append(Field(name, kind, annotation))
 
 
+_SIMPLE_SPEC_CHARS = frozenset(":[]|'\"")
+
+
+def _compile_simple(spec: str, instructions: str | None) -> Signature | None:
+    """Fast path for untyped specs like ``"question, context -> answer"``; None if not one."""
+    if not _SIMPLE_SPEC_CHARS.isdisjoint(spec):
+        return None
+    parts = spec.split("->")
+    if len(parts) != 2:
+        return None
+    fields: list[Field] = []
+    seen: set[str] = set()
+    for kind, side in (("input", parts[0]), ("output", parts[1])):
+        if not side.strip():
+            continue
+        for piece in side.split(","):
+            name = piece.strip()
+            if not name or not name.isidentifier() or iskeyword(name) or name in seen:
+                return None  # let the full scanner report it with its position
+            seen.add(name)
+            fields.append(Field(name, kind))
+    return Signature._build(fields, instructions)
+
+
 def _compile(spec: str, instructions: str | None) -> Signature:
+    if instructions is None or isinstance(instructions, str):
+        fast = _compile_simple(spec, instructions)
+        if fast is not None:
+            return fast
     arrows = _find_arrows(spec)
     if not arrows:
         raise SignatureError("missing '->' between input and output fields", spec, len(spec))
