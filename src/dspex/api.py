@@ -35,6 +35,7 @@ import contextvars
 import inspect
 import json
 import threading
+import time
 import typing
 import urllib.parse
 import urllib.request
@@ -150,8 +151,28 @@ def _ann_str(ann: Any, custom: dict[str, str]) -> str:
     return "Any"
 
 
+_wire_cache: OrderedDict[Any, dict[str, Any]] = OrderedDict()
+_wire_lock = threading.Lock()
+
+
 def signature_wire(sig: Any) -> dict[str, Any]:
-    """A native Signature as the bridge's signature wire form (see bridge/_convert.py)."""
+    """A native Signature as the bridge's signature wire form (see bridge/_convert.py).
+
+    Cached per signature (signatures are immutable values); treat the result as read-only.
+    """
+    with _wire_lock:
+        hit = _wire_cache.get(sig)
+    if hit is not None:
+        return hit
+    wire = _signature_wire(sig)
+    with _wire_lock:
+        _wire_cache[sig] = wire
+        while len(_wire_cache) > 256:
+            _wire_cache.popitem(last=False)
+    return wire
+
+
+def _signature_wire(sig: Any) -> dict[str, Any]:
     from .native.signature import default_instructions, infer_prefix
 
     custom: dict[str, str] = {}
@@ -343,8 +364,36 @@ def _worker_payload(op: str, sig: Any, lm: Any, adapter: Any, opts: dict[str, An
         "adapter": _adapter_wire(adapter),
         "state": state,
         "lm": _lm_spec(lm),
+        # Token usage only when someone collects it (a dspex.context() is open).
+        "usage": bool(current().usage_sinks),
     }
     return payload
+
+
+# Per-LM latency of recent dspy.run calls (EWMA, bounded). Calls that finish in a few ms
+# are CPU-bound in the worker: they go to the inline handler (no thread hand-off);
+# slower ones (real LM I/O) to the threaded one, which overlaps waits in one worker.
+_FAST_S = 0.005
+_lat: OrderedDict[str, float] = OrderedDict()
+_lat_lock = threading.Lock()
+
+
+def _lm_key(payload: dict[str, Any]) -> str:
+    return json.dumps(payload.get("lm"), sort_keys=True, default=str)
+
+
+def _run_handler(key: str) -> str:
+    ew = _lat.get(key)
+    return "dspy.run_inline" if ew is not None and ew < _FAST_S else "dspy.run"
+
+
+def _observe(key: str, seconds: float) -> None:
+    with _lat_lock:
+        ew = _lat.get(key)
+        _lat[key] = seconds if ew is None else 0.8 * ew + 0.2 * seconds
+        _lat.move_to_end(key)
+        while len(_lat) > 256:
+            _lat.popitem(last=False)
 
 
 def predict(sig: Any, inputs: Mapping[str, Any] | None = None, /, *, impl: str | None = None, lm: Any = None,
@@ -372,10 +421,13 @@ def _run_op(op: str, sig: Any, inputs: Mapping[str, Any] | None, impl: str | Non
         if d.impl == "native":
             return _native_module(op, s, lm, adapter, opts)(**ins)
         payload = _worker_payload(op, s, lm, adapter, opts)
+        key = _lm_key(payload)
+        t0 = time.perf_counter()
         try:
-            result = _pool("dspy", pool).call_with("dspy.run", kwargs={**payload, "inputs": ins})
+            result = _pool("dspy", pool).call_with(_run_handler(key), kwargs={**payload, "inputs": ins})
         except RemoteError as exc:
             raise _remote(exc) from exc
+        _observe(key, time.perf_counter() - t0)
         return _prediction(result, s)
 
 
@@ -386,10 +438,13 @@ async def _arun_op(op: str, sig: Any, inputs: Mapping[str, Any] | None, impl: st
         if d.impl == "native":
             return await _native_module(op, s, lm, adapter, opts).acall(**ins)
         payload = _worker_payload(op, s, lm, adapter, opts)
+        key = _lm_key(payload)
+        t0 = time.perf_counter()
         try:
-            result = await _pool("dspy", pool).acall("dspy.run", **{**payload, "inputs": ins})
+            result = await _pool("dspy", pool).acall(_run_handler(key), **{**payload, "inputs": ins})
         except RemoteError as exc:
             raise _remote(exc) from exc
+        _observe(key, time.perf_counter() - t0)
         return _prediction(result, s)
 
 
@@ -483,7 +538,7 @@ class WorkerModule:
 
     def _call_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         return {"module_id": self.module_id, "inputs": inputs, "lm": _lm_spec(self.lm),
-                "adapter": _adapter_wire(self.adapter)}
+                "adapter": _adapter_wire(self.adapter), "usage": bool(current().usage_sinks)}
 
     def __call__(self, **inputs: Any) -> Any:
         if self._closed:

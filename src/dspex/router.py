@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import settings as _settings
 from .errors import ConfigError, ImplementationUnavailable
 from .settings import current, load_config
 
@@ -168,6 +169,26 @@ def worker_registry() -> dict[str, WorkerEntry]:
 
 # --------------------------------------------------------------------------- policy
 
+_cfg_lock = threading.Lock()
+_cfg_cache: tuple[object, dict[str, Any]] | None = None
+
+
+def _config() -> dict[str, Any]:
+    """``load_config()`` without its deep copy on every routed call (read-only use here).
+
+    Re-read whenever settings drops or replaces its cached config (``reset_config()``).
+    """
+    global _cfg_cache
+    src = _settings._config
+    cached = _cfg_cache
+    if src is not None and cached is not None and cached[0] is src:
+        return cached[1]
+    conf = load_config()
+    with _cfg_lock:
+        _cfg_cache = (_settings._config, conf)
+    return conf
+
+
 _dspy_lock = threading.Lock()
 _dspy_found: bool | None = None
 
@@ -176,7 +197,7 @@ def dspy_available(pool: str = "dspy") -> bool:
     """True when DSPy can run in the ``pool`` workers (find_spec in the host; no import)."""
     global _dspy_found
     try:
-        conf = load_config().get("pools", {}).get(pool, {})
+        conf = _config().get("pools", {}).get(pool, {})
     except ConfigError:
         conf = {}
     if conf.get("python"):
@@ -197,7 +218,7 @@ def requested_impl(op: str, impl: str | None = None) -> tuple[str, str]:
     elif (ctx_impl := current().impl) is not None:
         impl, source = ctx_impl, "dspex.context(impl=...)"
     else:
-        router_conf = load_config().get("router", {}) or {}
+        router_conf = _config().get("router", {}) or {}
         ops = router_conf.get("ops", {}) or {}
         if op in ops:
             impl, source = ops[op], f"config [router.ops] {op}"

@@ -242,8 +242,9 @@ def _adapter(name: Any) -> Any:
     raise ValueError(f"unknown adapter {name!r}: use 'chat', 'json' or 'xml'")
 
 
-def _invoke(ctx: Context, mod: Any, inputs: dict[str, Any], lm: Any, adapter: Any) -> dict[str, Any]:
-    overrides: dict[str, Any] = {"track_usage": True}
+def _invoke(ctx: Context, mod: Any, inputs: dict[str, Any], lm: Any, adapter: Any, usage: bool = True) -> dict[str, Any]:
+    # DSPy's usage tracker costs ~25% of an instant call: only when the caller collects usage.
+    overrides: dict[str, Any] = {"track_usage": True} if usage else {}
     lm_obj = build_lm(lm)
     if lm_obj is not None:
         overrides["lm"] = lm_obj
@@ -261,7 +262,7 @@ def _invoke(ctx: Context, mod: Any, inputs: dict[str, Any], lm: Any, adapter: An
     trajectory = outputs.pop("trajectory", None)
     if trajectory is not None:
         out["trajectory"] = trajectory
-    get_usage = getattr(pred, "get_lm_usage", None)
+    get_usage = getattr(pred, "get_lm_usage", None) if usage else None
     out["usage"] = to_plain((get_usage() if callable(get_usage) else None) or {})
     return out
 
@@ -311,8 +312,12 @@ def run(
     adapter: Any = None,
     state: dict[str, Any] | None = None,
     tools: list[dict[str, Any]] | None = None,
+    usage: bool = True,
 ) -> dict[str, Any]:
-    """Build (or reuse) ``dspy.<module>(signature, **options)`` and call it once."""
+    """Build (or reuse) ``dspy.<module>(signature, **options)`` and call it once.
+
+    ``usage=False`` skips DSPy's token-usage tracking (the result's ``usage`` is ``{}``).
+    """
     key = _key(module, signature, options, tools, state)
     if ctx.session is None:
         cache, lock = _run_cache, _run_lock
@@ -323,7 +328,29 @@ def run(
     if mod is None:
         mod = build_module(module, signature, options, tools, state)
         _lru_put(cache, lock, key, mod, _RUN_CACHE_SIZE)
-    return _invoke(ctx, mod, inputs, lm, adapter)
+    return _invoke(ctx, mod, inputs, lm, adapter, usage)
+
+
+@handler("dspy.run_inline")
+def run_inline(
+    ctx: Context,
+    module: str,
+    signature: Any,
+    inputs: dict[str, Any],
+    lm: Any = None,
+    options: dict[str, Any] | None = None,
+    adapter: Any = None,
+    state: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    usage: bool = True,
+) -> dict[str, Any]:
+    """``dspy.run`` on the worker's main thread, one call at a time per worker.
+
+    No thread hand-off, which on a busy machine costs more than a fast call itself;
+    no overlap of slow LM waits either. The API picks it for calls it has seen finish
+    in a few milliseconds (CPU-bound: nothing to overlap) and ``dspy.run`` otherwise.
+    """
+    return run(ctx, module, signature, inputs, lm, options, adapter, state, tools, usage)
 
 
 @handler("dspy.create", concurrent=True)
@@ -355,8 +382,10 @@ def _module(ctx: Context, module_id: str) -> Any:
 
 
 @handler("dspy.call", concurrent=True)
-def call(ctx: Context, module_id: str, inputs: dict[str, Any], lm: Any = None, adapter: Any = None) -> dict[str, Any]:
-    return _invoke(ctx, _module(ctx, module_id), inputs, lm, adapter)
+def call(
+    ctx: Context, module_id: str, inputs: dict[str, Any], lm: Any = None, adapter: Any = None, usage: bool = True
+) -> dict[str, Any]:
+    return _invoke(ctx, _module(ctx, module_id), inputs, lm, adapter, usage)
 
 
 @handler("dspy.get_state", concurrent=True)
