@@ -37,8 +37,6 @@ import json
 import threading
 import time
 import typing
-import urllib.parse
-import urllib.request
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -888,6 +886,9 @@ def _normalize_hits(hits: Any, k: int) -> list[dict[str, Any]]:
 
 
 def _colbert_http(url: str, query: str, k: int) -> list[dict[str, Any]]:
+    import urllib.parse
+    import urllib.request  # here, not at import: it pulls in ssl and http.client
+
     q = urllib.parse.urlencode({"query": query, "k": k})
     with urllib.request.urlopen(f"{url}{'&' if '?' in url else '?'}{q}", timeout=10) as resp:
         body = json.loads(resp.read())

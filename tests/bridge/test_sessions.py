@@ -102,3 +102,28 @@ def test_worker_module_recreated_after_worker_loss(fake_lm: FakeLMServer, dspy_p
         assert any("a?" in m["content"] for m in fake_lm.requests[-1]["json"]["messages"])
     finally:
         mod.close()
+
+
+def test_usage_reported_inside_a_context(fake_lm: FakeLMServer, dspy_pool) -> None:
+    lm = lm_for(fake_lm)
+    with dspex.context() as usage:
+        pred = dspex.predict("question -> answer", {"question": "?"}, impl="dspy", lm=lm, pool=dspy_pool)
+    assert usage.calls == 1 and usage.prompt_tokens > 0
+    assert pred.get_lm_usage()
+    # Outside a context nobody collects usage: the worker skips DSPy's tracker.
+    assert not dspex.predict("question -> answer", {"question": "?"}, impl="dspy", lm=lm, pool=dspy_pool).get_lm_usage()
+
+
+def test_inline_and_threaded_run_agree(dspy_pool) -> None:
+    from dspex import api
+
+    spec = {"kind": "dummy", "answers": {"answer": "x"}, "always": True}
+    kw = {"module": "Predict", "signature": "question -> answer", "inputs": {"question": "?"}, "lm": spec}
+    a = dspy_pool.call_with("dspy.run", kwargs=kw)
+    b = dspy_pool.call_with("dspy.run_inline", kwargs=kw)
+    assert a["outputs"] == b["outputs"] == {"answer": "x"}
+    # The API's choice: unknown or slow LMs -> threaded; LMs seen answering fast -> inline.
+    assert api._run_handler("never-seen") == "dspy.run"
+    api._observe("slow-lm", 0.2)
+    api._observe("fast-lm", 0.001)
+    assert api._run_handler("slow-lm") == "dspy.run" and api._run_handler("fast-lm") == "dspy.run_inline"
