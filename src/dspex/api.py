@@ -30,7 +30,6 @@ Retrieval sources (``source=``):
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import inspect
 import json
@@ -480,6 +479,8 @@ def _tool_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
 
         def run_async(*args: Any, **kwargs: Any) -> Any:
+            import asyncio
+
             return asyncio.run(fn(*args, **kwargs))
 
         return run_async
@@ -940,6 +941,8 @@ async def aretrieve(query: str, k: int = 5, *, source: Any = None, impl: str | N
     d = router.decide("retrieve", None, impl=impl, source_kind=kind)
     with router.track("retrieve", d.impl):
         if d.impl == "native":
+            import asyncio
+
             ctx = contextvars.copy_context()
             return await asyncio.to_thread(ctx.run, _retrieve_native, kind, target, query, k)
         handler, kwargs = _retrieve_worker(kind, target, query, k, embedder)
