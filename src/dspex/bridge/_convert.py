@@ -64,7 +64,7 @@ def _make_signature(wire: Any) -> Any:
 
 def build_signature(wire: Any) -> Any:
     """A DSPy signature class from a wire form (cached; signatures are immutable)."""
-    key = json.dumps(wire, sort_keys=True, default=str)
+    key = wire if isinstance(wire, str) else json.dumps(wire, sort_keys=True, default=str)
     with _sig_lock:
         sig = _sig_cache.get(key)
         if sig is not None:

@@ -268,7 +268,9 @@ def _invoke(ctx: Context, mod: Any, inputs: dict[str, Any], lm: Any, adapter: An
 
 
 def _key(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    # The JSON text is the key; hashed only when long (a state with demos), to bound memory.
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return text if len(text) <= 512 else hashlib.sha1(text.encode()).hexdigest()
 
 
 def _lru_get(cache: OrderedDict[str, Any], lock: threading.Lock, key: str) -> Any:
