@@ -107,9 +107,9 @@ def gbnf_for(
     ``.output_fields`` of objects with ``.annotation``, e.g. a DSPy signature).
     ``adapter``: ``"chat"``, ``"json"`` or an adapter instance. ``max_chars`` caps
     each free-text value (default ``DEFAULT_MAX_CHARS``); when it is None and
-    ``max_tokens`` is given, the cap shrinks so the reply's token budget (~2 chars a
-    token, shared among the open-ended fields) still reaches the last field. ``max_items`` caps
-    JSON arrays and objects.
+    ``max_tokens`` is given, the caps shrink so the whole reply fits in that many
+    tokens (counting a token per character, the worst case for ASCII) and the last
+    field is always reached. ``max_items`` caps JSON arrays and objects.
     """
     kind = _adapter_kind(adapter)
     fields = _output_fields(signature)
@@ -117,13 +117,16 @@ def gbnf_for(
         raise ValueError("the signature has no output fields: nothing to constrain")
     if max_chars is None:
         if max_tokens:
-            # ~2 chars a token (indented code and numbers tokenize worse than prose's
-            # ~4) after ~12 tokens of markers per field, shared by the open-ended fields.
+            # Every field must fit in max_tokens, or a reply cut short loses the last
+            # fields. A token is at least one ASCII character (digits are one token
+            # each in SmolLM2's vocabulary), so count a token per character after the
+            # markers (~10 tokens each) and the scalar values (~20 each), and share
+            # what is left among the open-ended fields (text, lists, objects).
+            reserve = 10 + sum(10 + (20 if _is_scalar(ann) else 0) for _, ann in fields)
             n_open = sum(1 for _, ann in fields if not _is_scalar(ann)) or 1
-            budget = (int(max_tokens) - 12 * len(fields) - 8) * 2 // n_open
-            max_chars = max(32, min(DEFAULT_MAX_CHARS, budget))
-            # and a list or object of short strings stays within about twice that
-            max_items = min(max_items, max(2, 2 * max_chars // (_item_chars(max_chars) + 4)))
+            max_chars = max(16, min(DEFAULT_MAX_CHARS, (int(max_tokens) - reserve) // n_open))
+            # a list or object of short strings stays within the same share
+            max_items = min(max_items, max(1, max_chars // (_item_chars(max_chars) + 4)))
         else:
             max_chars = DEFAULT_MAX_CHARS
     max_chars = max(1, int(max_chars))
@@ -147,8 +150,8 @@ def gbnf_for(
 
 
 def _item_chars(max_chars: int) -> int:
-    """Cap on each string inside a JSON list/object: an eighth of the text cap."""
-    return min(_JSON_STR_CHARS, max(16, max_chars // 8))
+    """Cap on each string inside a JSON list/object: a twelfth of the text cap."""
+    return min(_JSON_STR_CHARS, max(16, max_chars // 12))
 
 
 def _is_scalar(annotation: Any) -> bool:
@@ -273,7 +276,7 @@ class _Builder:
         return self.rule(f"text-{n}", f"[^ \\t\\n\\r[] {char}{{0,{n - 1}}}", key=("text", n))
 
     def integer(self) -> str:
-        return self.rule("int", '"-"? ([0-9] | [1-9] [0-9]{1,17})', key="int")
+        return self.rule("int", '"-"? ([0-9] | [1-9] [0-9]{1,14})', key="int")
 
     def number(self) -> str:
         return self.rule(
@@ -290,7 +293,7 @@ class _Builder:
         args = get_args(ann)
         if ann is str or _is_reasoning(ann):
             # A top-level JSONAdapter field gets the text cap; strings inside lists and
-            # objects an eighth of it, so a whole list stays near the budget too.
+            # objects a twelfth of it, so a whole list stays near the budget too.
             return self.json_string(self.max_chars if field else self.item_chars)
         if ann is bool:
             return self.rule("json-bool", '"true" | "false"', key="json-bool")
