@@ -169,3 +169,27 @@ def test_serve_detached_status_and_stop_cli(tmp_path: Path, monkeypatch: pytest.
         assert server_status()["running"] is False
     finally:
         stop_server()
+
+
+def test_forked_child_never_stops_the_parents_server(local_service: LocalModelService) -> None:
+    url = local_service.ensure_running()
+    pid = local_service.status()["pid"]
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(r)
+            same = local_service.ensure_running() == url and not local_service.owned
+            local_service._at_exit()  # what its atexit would do
+            os.write(w, b"ok" if same else b"no")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read()
+    _, status = os.waitpid(child, 0)
+    assert answer == b"ok" and os.waitstatus_to_exitcode(status) == 0
+    assert _pid_alive(pid) and local_service.status()["healthy"] is True
+    assert local_service.owned is True

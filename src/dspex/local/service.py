@@ -399,6 +399,7 @@ class LocalModelService:
         self._pid: int | None = None
         self._base_url: str | None = None
         self._owned = False
+        self._owner_pid = 0  # the pid that started our server (a forked child is not it)
         self._last_ok = 0.0
         self._restarts: list[float] = []
         self.startup_seconds: float | None = None  # time to ready of the last start by us
@@ -419,7 +420,8 @@ class LocalModelService:
 
     @property
     def owned(self) -> bool:
-        return self._owned
+        """True in the process that started the server (which stops it at exit)."""
+        return self._owned and self._owner_pid == os.getpid()
 
     def env(self) -> dict[str, str]:
         """Environment for worker processes so they use this server instead of starting one."""
@@ -466,7 +468,7 @@ class LocalModelService:
                 "pid": self._pid,
                 "model": MODEL_ALIAS,
                 "model_path": str(self.model_path),
-                "owned_by_me": self._owned,
+                "owned_by_me": self.owned,
                 "n_threads": self.n_threads,
                 "n_ctx": self.n_ctx,
                 "startup_seconds": self.startup_seconds,
@@ -479,7 +481,9 @@ class LocalModelService:
     def stop(self) -> None:
         """Stop the server if this service started it; otherwise just let go of it."""
         with self._lock:
-            if self._owned and self._pid is not None:
+            # A child forked from the owner inherits this object (and its atexit):
+            # only the process that started the server may stop it.
+            if self.owned and self._pid is not None:
                 _terminate(self._pid)
                 if self._proc is not None:
                     with contextlib.suppress(Exception):
@@ -520,7 +524,7 @@ class LocalModelService:
     def _alive(self) -> bool:
         assert self._base_url is not None
         if self._pid is not None:
-            if self._proc is not None:
+            if self._proc is not None and self._owner_pid == os.getpid():
                 # poll() stays None while a killed multi-threaded server is still being torn
                 # down (its leader already a zombie): look at the process state as well.
                 if self._proc.poll() is not None or not _pid_alive(self._pid):
@@ -603,6 +607,7 @@ class LocalModelService:
         self._pid = proc.pid
         self._base_url = url
         self._owned = True
+        self._owner_pid = os.getpid()
         self._last_ok = time.monotonic()
         _write_state(
             state_path,
