@@ -164,6 +164,7 @@ class _Call:
 
 class _Worker:
     __slots__ = (
+        "armed",
         "eof",
         "err_fd",
         "err_tail",
@@ -222,6 +223,7 @@ class _Worker:
         # Whoever holds rlock reads the socket: the I/O thread, or a waiting sync caller
         # that reads its own reply directly (no thread hop: the fast path).
         self.rlock = threading.Lock()
+        self.armed = True  # registered with EPOLLIN | EPOLLONESHOT at spawn
         self.poller = select.poll()
         self.poller.register(self.fd, select.POLLIN)
 
@@ -787,13 +789,17 @@ class Pool:
         if call.lock is not None:
             w = call.worker
             try:
-                # Read our own reply if nobody else is reading this worker; otherwise
-                # the rlock holder completes it (and arms the I/O thread when it lets go).
-                if w is not None and w.rlock.acquire(False):
-                    try:
-                        self._lead(w, call)
-                    finally:
-                        w.rlock.release()
+                # Alone on this worker: read our own reply on this thread (no thread hop).
+                # With company, the I/O thread reads for everyone: one wake-up serves a
+                # batch of replies, which costs less than callers taking turns.
+                if w is not None:
+                    if len(w.inflight) <= 1 and w.rlock.acquire(False):
+                        try:
+                            self._lead(w, call)
+                        finally:
+                            w.rlock.release()
+                            self._arm(w)
+                    elif call.state != _DONE:
                         self._arm(w)
                 if call.deadline is None:
                     call.lock.acquire()
@@ -1074,9 +1080,15 @@ class Pool:
         them itself: an idle worker's death is reported by the template instead.
         """
         flags = _EP_ONE | (_EP_IN if want_in and w.inflight else 0) | (_EP_OUT if w.outbuf else 0)
+        if flags == _EP_ONE | _EP_IN and w.armed:
+            return  # already watched: save the syscall
         if flags != _EP_ONE and not w.eof and w.state != DEAD:
-            with contextlib.suppress(OSError, ValueError):
+            # set before arming: the I/O thread clears it when the one-shot fires
+            w.armed = flags == _EP_ONE | _EP_IN
+            try:
                 self._ep.modify(w.fd, flags)
+            except (OSError, ValueError):
+                w.armed = False
 
     def _arm(self, w: _Worker) -> None:
         with w.send_lock:
@@ -1240,6 +1252,7 @@ class Pool:
                 kind, obj = entry
                 try:
                     if kind == "w":
+                        obj.armed = False  # one-shot: it fired, so it is disarmed now
                         if ev & _EP_OUT:
                             self._flush(obj)
                         if ev & (_EP_IN | select.EPOLLHUP | select.EPOLLERR):
