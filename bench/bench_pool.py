@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -85,37 +87,36 @@ def throughput(fn: Callable[[], Any], seconds: float, callers: int = CALLERS) ->
 
 
 # ------------------------------------------------------------------------- systems
-def bench_dspex(n: int, seconds: float) -> dict[str, Any]:
+# Each system is a context manager yielding a zero-argument echo function. The local
+# ones run side by side in interleaved rounds, so load swings on a shared machine hit
+# them alike; Ray (heavy background daemons) runs alone afterwards.
+@contextlib.contextmanager
+def sys_dspex() -> Iterator[tuple[Callable[[], Any], str]]:
     from dspex.pool import Pool
 
     with Pool("bench", WORKERS, handlers=["dspex.testing.handlers"]) as pool:
         call = pool.call
-        p50, p99 = latency(lambda: call("echo", PAYLOAD), n)
-        tput = throughput(lambda: call("echo", PAYLOAD), seconds)
+        yield (lambda: call("echo", PAYLOAD)), "dspex.pool, sync call()"
         st = pool.stats()
-    return {"p50": p50, "p99": p99, "tput": tput, "note": f"errors={st['errors']}"}
+        assert st["errors"] == 0, st
 
 
-def bench_mp(n: int, seconds: float) -> dict[str, Any]:
-    ctx = mp.get_context("fork")
-    with ctx.Pool(WORKERS) as pool:
-        p50, p99 = latency(lambda: pool.apply(echo, (PAYLOAD,)), n)
-        tput = throughput(lambda: pool.apply(echo, (PAYLOAD,)), seconds)
-    return {"p50": p50, "p99": p99, "tput": tput, "note": "fork, apply()"}
+@contextlib.contextmanager
+def sys_mp() -> Iterator[tuple[Callable[[], Any], str]]:
+    with mp.get_context("fork").Pool(WORKERS) as pool:
+        yield (lambda: pool.apply(echo, (PAYLOAD,))), "fork, apply()"
 
 
-def bench_cf(n: int, seconds: float) -> dict[str, Any]:
+@contextlib.contextmanager
+def sys_cf() -> Iterator[tuple[Callable[[], Any], str]]:
     with cf.ProcessPoolExecutor(WORKERS, mp_context=mp.get_context("fork")) as ex:
-        p50, p99 = latency(lambda: ex.submit(echo, PAYLOAD).result(), n)
-        tput = throughput(lambda: ex.submit(echo, PAYLOAD).result(), seconds)
-    return {"p50": p50, "p99": p99, "tput": tput, "note": "fork, submit().result()"}
+        yield (lambda: ex.submit(echo, PAYLOAD).result()), "fork, submit().result()"
 
 
-def bench_ray(n: int, seconds: float) -> dict[str, Any]:
-    try:
-        import ray
-    except ImportError:
-        return {"note": "not installed (pip install ray)"}
+@contextlib.contextmanager
+def sys_ray() -> Iterator[tuple[Callable[[], Any], str]]:
+    import ray
+
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
 
@@ -132,11 +133,9 @@ def bench_ray(n: int, seconds: float) -> dict[str, Any]:
             rr[0] += 1
             return ray.get(actors[rr[0] % WORKERS].echo.remote(PAYLOAD))
 
-        p50, p99 = latency(one, max(200, n // 5))
-        tput = throughput(one, seconds)
+        yield one, f"ray {ray.__version__}, 2 actors"
     finally:
         ray.shutdown()
-    return {"p50": p50, "p99": p99, "tput": tput, "note": f"ray {ray.__version__}, 2 actors"}
 
 
 _GRPC_SERVER = """
@@ -152,12 +151,11 @@ server.wait_for_termination()
 """
 
 
-def bench_grpc(n: int, seconds: float) -> dict[str, Any]:
-    try:
-        import grpc
-        import msgpack
-    except ImportError:
-        return {"note": "not installed (pip install grpcio)"}
+@contextlib.contextmanager
+def sys_grpc() -> Iterator[tuple[Callable[[], Any], str]]:
+    import grpc
+    import msgpack
+
     procs = [
         subprocess.Popen([sys.executable, "-c", _GRPC_SERVER], stdout=subprocess.PIPE, text=True)
         for _ in range(WORKERS)
@@ -172,15 +170,38 @@ def bench_grpc(n: int, seconds: float) -> dict[str, Any]:
             rr[0] += 1
             return msgpack.unpackb(stubs[rr[0] % WORKERS](msgpack.packb(PAYLOAD)))
 
-        p50, p99 = latency(one, n)
-        tput = throughput(one, seconds)
+        yield one, f"grpcio {grpc.__version__}, 2 servers, generic bytes handler"
         for ch in channels:
             ch.close()
     finally:
         for p in procs:
             p.kill()
             p.wait()
-    return {"p50": p50, "p99": p99, "tput": tput, "note": f"grpcio {grpc.__version__}, 2 servers, bytes"}
+
+
+def measure(
+    systems: dict[str, tuple[Callable[[], Any], str]], n: int, seconds: float, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds: every system gets a latency slice and a throughput slice
+    per round; p50/p99 over all samples, throughput = median of the rounds."""
+    lat: dict[str, list[float]] = {k: [] for k in systems}
+    tput: dict[str, list[float]] = {k: [] for k in systems}
+    for fn, _ in systems.values():
+        for _ in range(200):
+            fn()
+    for _ in range(rounds):
+        for key, (fn, _) in systems.items():
+            pc = time.perf_counter
+            for _ in range(max(50, n // rounds)):
+                t = pc()
+                fn()
+                lat[key].append(pc() - t)
+            tput[key].append(throughput(fn, seconds / rounds))
+    out = {}
+    for key, (_, note) in systems.items():
+        p50, p99 = quantiles(lat[key])
+        out[key] = {"p50": p50, "p99": p99, "tput": statistics.median(tput[key]), "note": note}
+    return out
 
 
 def bench_startup() -> dict[str, float]:
@@ -207,6 +228,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=5000, help="latency samples per system")
     ap.add_argument("--seconds", type=float, default=3.0, help="throughput run length")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma list: dspex,mp,cf,ray,grpc,startup")
     ap.add_argument("--markdown", default="", help="write the result table to this file")
@@ -214,23 +236,41 @@ def main() -> None:
     if args.quick:
         args.n, args.seconds = 2000, 1.5
     only = set(filter(None, args.only.split(",")))
-    systems: list[tuple[str, str, Callable[[int, float], dict[str, Any]]]] = [
-        ("dspex", "dspex.pool", bench_dspex),
-        ("mp", "multiprocessing.Pool", bench_mp),
-        ("cf", "ProcessPoolExecutor", bench_cf),
-        ("ray", "Ray actors", bench_ray),
-        ("grpc", "gRPC (grpcio)", bench_grpc),
-    ]
+    labels = {
+        "dspex": "dspex.pool",
+        "mp": "multiprocessing.Pool",
+        "cf": "ProcessPoolExecutor",
+        "grpc": "gRPC (grpcio)",
+        "ray": "Ray actors",
+    }
+    makers = {"dspex": sys_dspex, "mp": sys_mp, "cf": sys_cf, "grpc": sys_grpc}
     print(f"# pool echo benchmark: {WORKERS} workers, {CALLERS} caller threads, payload {PAYLOAD!r}")
     print(f"# host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for key, label, fn in systems:
-        if only and key not in only:
-            continue
+    results: dict[str, dict[str, Any]] = {}
+    with contextlib.ExitStack() as stack:
+        active: dict[str, tuple[Callable[[], Any], str]] = {}
+        for key, make in makers.items():
+            if only and key not in only:
+                continue
+            try:
+                active[key] = stack.enter_context(make())
+            except ImportError as exc:
+                results[key] = {"note": f"not installed ({exc.name})"}
+        results.update(measure(active, args.n, args.seconds * args.rounds, args.rounds))
+    if not only or "ray" in only:
         try:
-            res = fn(args.n, args.seconds)
-        except Exception as exc:  # one peer failing must not hide the others
-            res = {"note": f"failed: {type(exc).__name__}: {exc}"}
+            with sys_ray() as ray_sys:
+                results.update(measure({"ray": ray_sys}, max(500, args.n // 5), args.seconds, 1))
+        except ImportError:
+            results["ray"] = {"note": "not installed (pip install ray)"}
+        except Exception as exc:  # Ray failing must not hide the others
+            results["ray"] = {"note": f"failed: {type(exc).__name__}: {exc}"}
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for key in ("dspex", "mp", "cf", "ray", "grpc"):
+        if key not in results:
+            continue
+        res = results[key]
+        label = labels[key]
         rows.append((label, res))
         if "p50" in res:
             print(

@@ -79,6 +79,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _EP_IN = select.EPOLLIN
 _EP_OUT = select.EPOLLOUT
 _EP_ONE = select.EPOLLONESHOT
+_DONTWAIT = socket.MSG_DONTWAIT
 
 # worker states
 STARTING, READY, RETIRING, DRAINING, STOPPING, DEAD = range(6)
@@ -833,11 +834,11 @@ class Pool:
         deadline = call.deadline
         while call.state != _DONE and call.worker is w and w.state != DEAD and not w.eof and not w.proto_error:
             if deadline is None:
-                timeout_ms = None
-            else:
-                timeout_ms = (deadline - time.monotonic()) * 1000.0
-                if timeout_ms <= 0:
-                    return
+                self._on_readable(w, 0)  # block in recv itself
+                continue
+            timeout_ms = (deadline - time.monotonic()) * 1000.0
+            if timeout_ms <= 0:
+                return
             if poll(timeout_ms):
                 self._on_readable(w)
 
@@ -1064,7 +1065,7 @@ class Pool:
             w.outbuf.append(data)
             return
         try:
-            n = w.sock.send(data)
+            n = w.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError:
@@ -1285,7 +1286,7 @@ class Pool:
             while w.outbuf:
                 data = w.outbuf[0]
                 try:
-                    n = w.sock.send(data)
+                    n = w.sock.send(data, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError:
@@ -1296,11 +1297,11 @@ class Pool:
                     return
                 w.outbuf.popleft()
 
-    def _on_readable(self, w: _Worker) -> None:
+    def _on_readable(self, w: _Worker, flags: int = socket.MSG_DONTWAIT) -> None:
         if w.state == DEAD or w.proto_error:
             return
         try:
-            msgs = w.reader.recv(w.sock)
+            msgs = w.reader.recv(w.sock, flags)
         except (BlockingIOError, InterruptedError):
             return
         except P.FrameError as exc:
@@ -1756,7 +1757,9 @@ class Pool:
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         err_r, err_w = os.pipe()
         os.set_blocking(err_r, False)
-        host.setblocking(False)
+        # Blocking socket, but every send and the I/O thread's reads pass MSG_DONTWAIT:
+        # only a caller reading its own reply (no deadline) blocks in recv, saving a poll.
+        host.setblocking(True)
         with contextlib.suppress(OSError):
             host.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             host.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
