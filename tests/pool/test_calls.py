@@ -272,3 +272,32 @@ def test_many_threads_many_calls(pool: Pool) -> None:
         t.join(30)
     assert not errors
     time.sleep(0)
+
+
+def test_large_frames_round_trip(pool: Pool) -> None:
+    big = b"\x01" * (20 * 1024 * 1024)  # larger than the socket buffers: partial writes
+    assert pool.call("echo", big) == big
+    out: list[bytes] = []
+    threads = [threading.Thread(target=lambda: out.append(pool.call("echo", big))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out == [big] * 3
+
+
+async def test_large_frames_async(pool: Pool) -> None:
+    big = {"k": "x" * (5 * 1024 * 1024), "n": list(range(1000))}
+    results = await asyncio.gather(*(pool.acall("echo", big) for _ in range(3)))
+    assert results == [big] * 3
+
+
+def test_missing_interpreter_is_a_start_error() -> None:
+    from dspex.errors import WorkerStartError
+
+    p = Pool("nopython", 1, handlers=[H], python="/nonexistent/python3", forward_stderr=False)
+    try:
+        with pytest.raises(WorkerStartError, match="python"):
+            p.start()
+    finally:
+        p.close()
