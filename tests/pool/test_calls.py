@@ -301,3 +301,27 @@ def test_missing_interpreter_is_a_start_error() -> None:
             p.start()
     finally:
         p.close()
+
+
+def test_stream_flow_control_bounds_a_slow_consumer() -> None:
+    from dspex.pool.protocol import STREAM_WINDOW
+
+    with Pool("flow", 1, handlers=[H], forward_stderr=False) as p:
+        it = p.stream("tick", 1000, "k")
+        assert next(it) == 0
+        time.sleep(0.5)  # give an unbounded producer every chance to run ahead
+        ahead = p.call("produced", "k")
+        assert ahead <= STREAM_WINDOW + 2, ahead
+        assert list(it) == list(range(1, 1000))
+        assert p.call("produced", "k") == 1000
+
+
+async def test_async_stream_flow_control() -> None:
+    async with Pool("aflow", 1, handlers=[H], forward_stderr=False) as p:
+        got = [c async for c in p.astream("acount", 500)]
+        assert got == list(range(500))
+        got = [c async for c in p.astream("tick", 300, "a")]
+        assert got == list(range(300))
+        got = [c async for c in p.astream("tcount", 300)]
+        assert got == list(range(300))
+        assert list(p.stream("tcount", 200)) == list(range(200))

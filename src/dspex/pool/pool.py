@@ -110,6 +110,7 @@ class _Call:
         "abandoned",
         "args",
         "callbacks",
+        "consumed",
         "deadline",
         "error",
         "flags",
@@ -149,6 +150,7 @@ class _Call:
     frame: bytes
 
     def __init__(self) -> None:
+        self.consumed = 0
         self.abandoned = False
         self.error: BaseException | None = None
         self.value: Any = None
@@ -601,6 +603,7 @@ class Pool:
                     if not self._streams(handler):
                         yield value
                     return
+                self._consumed(call)
                 yield item
         finally:
             if not ok and call.state != _DONE:
@@ -646,6 +649,7 @@ class Pool:
                     if not self._streams(handler):
                         yield value
                     return
+                self._consumed(call)
                 yield item
         finally:
             if not ok and call.state != _DONE:
@@ -858,6 +862,15 @@ class Pool:
                 self._deliver_event(call, item.event)
                 continue
             return item
+
+    def _consumed(self, call: _Call) -> None:
+        """Flow control: give the worker credit back for chunks the consumer took."""
+        call.consumed += 1
+        if call.consumed >= P.STREAM_WINDOW // 2:
+            w = call.worker
+            if w is not None and call.state == _SENT:
+                self._send_msg(w, [P.CREDIT, call.rid, call.consumed])
+            call.consumed = 0
 
     def _streams(self, handler: str) -> bool:
         return self._handler_table.get(handler, ["sync"])[0] in ("gen", "agen")

@@ -43,6 +43,7 @@ CANCEL = 1  # [CANCEL, rid]
 CB_REPLY = 2  # [CB_REPLY, cbid, ok(bool), value | [type, message, traceback]]
 DROP = 3  # [DROP, session]
 STOP = 4  # [STOP]
+CREDIT = 5  # [CREDIT, rid, n]: the stream's consumer took n chunks; n more may come
 # worker -> host
 READY = 10  # [READY, pid, info]
 RESULT = 11  # [RESULT, rid, value]
@@ -57,6 +58,10 @@ Z_READY = 30  # [Z_READY, pid, info]
 Z_FORKED = 31  # [Z_FORKED, token, pid]
 Z_EXIT = 32  # [Z_EXIT, pid, exitcode | None, signal | None]
 Z_FAIL = 33  # [Z_FAIL, token, message]
+
+# A streaming call may have this many chunks sent but not yet consumed (flow control:
+# a slow consumer holds the producer instead of buffering without bound).
+STREAM_WINDOW = 64
 
 # CALL flags
 F_EVENTS = 1  # the caller has on_event: send progress events

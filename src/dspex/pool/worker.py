@@ -201,6 +201,9 @@ class WorkerRuntime:
         self.serial_alock: asyncio.Lock | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.stopping = False
+        self.credit: dict[int, int] = {}  # streaming rid -> chunks it may still send
+        self.credit_cond = threading.Condition()
+        self.credit_events: dict[int, Any] = {}  # rid -> asyncio.Event (async streams)
         self._last_poll = 0.0
 
     # -- sending -------------------------------------------------------------------
@@ -224,6 +227,37 @@ class WorkerRuntime:
 
     def send_cancelled(self, rid: int) -> None:
         self.send([P.ERROR, rid, P.E_CANCELLED, "Cancelled", "cancelled by the host", ""])
+
+    def _take_credit(self, rid: int) -> None:
+        """Wait until the host lets this stream send one more chunk (sync code)."""
+        if self.credit.get(rid, 1) <= 0:
+            if threading.get_ident() == self.main_ident:
+                while self.credit.get(rid, 1) <= 0 and rid not in self.cancelled:
+                    msgs = self.read_blocking()
+                    if msgs is None:
+                        os._exit(0)
+                    for m in msgs:
+                        self.handle(m)
+            else:
+                with self.credit_cond:
+                    self.credit_cond.wait_for(lambda: self.credit.get(rid, 1) > 0 or rid in self.cancelled)
+            if rid in self.cancelled:
+                raise _Cancelled()
+        with self.credit_cond:
+            if rid in self.credit:
+                self.credit[rid] -= 1
+
+    async def _atake_credit(self, rid: int) -> None:
+        import asyncio
+
+        while self.credit.get(rid, 1) <= 0:
+            ev = self.credit_events.setdefault(rid, asyncio.Event())
+            ev.clear()
+            if self.credit.get(rid, 1) <= 0:
+                await ev.wait()
+        with self.credit_cond:
+            if rid in self.credit:
+                self.credit[rid] -= 1
 
     def _send_chunk(self, rid: int, chunk: Any) -> None:
         try:
@@ -298,6 +332,9 @@ class WorkerRuntime:
             rid = m[1]
             if rid in self.active:
                 self.cancelled.add(rid)
+                if rid in self.credit:
+                    with self.credit_cond:
+                        self.credit_cond.notify_all()
                 task = self.tasks.get(rid)
                 if task is not None and self.loop is not None:
                     self.loop.call_soon_threadsafe(task.cancel)
@@ -309,6 +346,15 @@ class WorkerRuntime:
             self.sessions.pop(m[1], None)
         elif kind == P.STOP:
             self.stopping = True
+        elif kind == P.CREDIT:
+            rid = m[1]
+            with self.credit_cond:
+                if rid in self.credit:
+                    self.credit[rid] += int(m[2])
+                    self.credit_cond.notify_all()
+                ev = self.credit_events.get(rid)
+                if ev is not None and self.loop is not None:
+                    self.loop.call_soon_threadsafe(ev.set)
 
     # -- Context channel -----------------------------------------------------------
     def is_cancelled(self, rid: int) -> bool:
@@ -367,6 +413,9 @@ class WorkerRuntime:
     def _finish(self, rid: int) -> None:
         self.active.discard(rid)
         self.cancelled.discard(rid)
+        if self.credit:
+            self.credit.pop(rid, None)
+            self.credit_events.pop(rid, None)
 
     def run_serial(self, m: list[Any]) -> None:
         _, rid, name, args, kwargs, session, flags = m
@@ -400,12 +449,15 @@ class WorkerRuntime:
         self, ctx: Context, spec: HandlerSpec, rid: int, args: list[Any], kwargs: dict[str, Any], flags: int
     ) -> Any:
         collected: list[Any] | None = None if flags & P.F_STREAM else []
+        if collected is None:
+            self.credit[rid] = P.STREAM_WINDOW
         gen = spec.fn(ctx, *args, **kwargs)
         try:
             for chunk in gen:
                 if self.is_cancelled(rid):
                     raise _Cancelled()
                 if collected is None:
+                    self._take_credit(rid)
                     self._send_chunk(rid, chunk)
                 else:
                     collected.append(chunk)
@@ -492,10 +544,13 @@ class WorkerRuntime:
     ) -> Any:
         if spec.kind == "agen":
             collected: list[Any] | None = None if flags & P.F_STREAM else []
+            if collected is None:
+                self.credit[rid] = P.STREAM_WINDOW
             agen = spec.fn(ctx, *args, **kwargs)
             try:
                 async for chunk in agen:
                     if collected is None:
+                        await self._atake_credit(rid)
                         self._send_chunk(rid, chunk)
                     else:
                         collected.append(chunk)

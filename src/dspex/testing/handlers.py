@@ -209,3 +209,25 @@ async def rendezvous(ctx: Context, key: str, n: int, timeout: float = 10.0) -> i
         gate.set()
     await asyncio.wait_for(gate.wait(), timeout)
     return os.getpid()
+
+
+_PRODUCED: dict[str, int] = {}
+
+
+@handler
+def tick(ctx: Context, n: int, key: str) -> Any:
+    """Generator that counts what it produced (see ``produced``)."""
+    for i in range(n):
+        _PRODUCED[key] = _PRODUCED.get(key, 0) + 1
+        yield i
+
+
+@handler("produced", concurrent=True)
+def produced(ctx: Context, key: str) -> int:
+    return _PRODUCED.get(key, 0)
+
+
+@handler("tcount", concurrent=True)
+def tcount(ctx: Context, n: int) -> Any:
+    """A generator run on the worker's thread pool (concurrent sync handler)."""
+    yield from range(n)
