@@ -19,7 +19,7 @@ from dspex.pool.pool import Pool
 
 HERE = Path(__file__).resolve().parent
 # Workers import test helpers (metrics) from here.
-ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "DSPEX_DSPY_CACHE": "off", "PYTHONPATH": str(HERE)}
+ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "DSPEX_DSPY_CACHE": "off", "PYTHONPATH": str(HERE), "PYTHONFAULTHANDLER": "1"}
 
 
 def make_pool(name: str, size: int = 1, **kw: object) -> Pool:
