@@ -269,8 +269,38 @@ def _dspy_status(op: str) -> tuple[bool, str]:
     return True, f"DSPy {entry.module or entry.handler} in the {entry.pool!r} pool"
 
 
+_decisions: dict[Any, Decision] = {}
+_decisions_src: list[Any] = [None]  # the config object the memo was built under (held, so never reused)
+_DECISIONS_MAX = 1024
+
+
 def decide(op: str, sig: Any = None, *, impl: str | None = None, **opts: Any) -> Decision:
-    """The implementation a call of ``op`` will use; raises ImplementationUnavailable if none can."""
+    """The implementation a call of ``op`` will use; raises ImplementationUnavailable if none can.
+
+    Decisions are memoised per (op, signature, impl, options, context impl, config):
+    the same request routes the same way until the config is reloaded.
+    """
+    if _settings._config is not _decisions_src[0] or _settings._config is None:
+        _decisions.clear()  # config loaded, reloaded or reset: decide everything afresh
+        _decisions_src[0] = _settings._config
+    try:
+        key: Any = (op, sig, impl, current().impl, tuple(sorted(opts.items())))
+        hash(key)
+    except TypeError:  # unhashable options (lists of demos, dicts): decide afresh
+        key = None
+    if key is not None:
+        hit = _decisions.get(key)
+        if hit is not None:
+            return hit
+    d = _decide(op, sig, impl, opts)
+    if key is not None:
+        if len(_decisions) >= _DECISIONS_MAX:
+            _decisions.clear()  # rare; a bounded cache without LRU bookkeeping on the hot path
+        _decisions[key] = d
+    return d
+
+
+def _decide(op: str, sig: Any, impl: str | None, opts: dict[str, Any]) -> Decision:
     requested, source = requested_impl(op, impl)
     native_ok, native_why = _native_status(op, sig, opts)
     dspy_ok, dspy_why = _dspy_status(op)
