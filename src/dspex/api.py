@@ -38,7 +38,7 @@ import time
 import typing
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ __all__ = [
     "compile_signature",
     "explain",
     "optimize",
+    "optimize_events",
     "predict",
     "predictor",
     "react",
@@ -798,12 +799,14 @@ def optimize(program: Any, trainset: Iterable[Any], *, optimizer: str = "miprov2
              pool: Any = None, progress: Callable[[dict[str, Any]], Any] | None = None,
              checkpoint: str | Path | None = None, prompt_lm: Any = None, reflection_lm: Any = None,
              teacher_lm: Any = None, adapter: Any = None, impl: str | None = None, timeout: float | None = None,
-             **options: Any) -> OptimizeResult:
+             on_event: Callable[[dict[str, Any]], Any] | None = None, **options: Any) -> OptimizeResult:
     """Optimize ``program`` (a dspex Predict/ChainOfThought or a signature) with a DSPy optimizer
     in the ``optimizer`` pool. ``metric`` is ``"module:function"`` (run in the worker) or a
     host callable ``metric(example, prediction) -> float|bool`` (called back). ``progress``
-    receives the events as they happen. Options go to the optimizer (see bridge/_optimize.py).
+    (or ``on_event``, the same) receives the events as they happen. Options go to the optimizer
+    (see bridge/_optimize.py).
     """
+    progress = progress or on_event
     router.decide("optimize", None, impl=impl)
     kwargs, callbacks, base_sig = _optimize_call(program, trainset, optimizer, metric, lm, valset, input_keys,
                                                  checkpoint, prompt_lm, reflection_lm, teacher_lm, adapter, options)
@@ -822,8 +825,10 @@ async def aoptimize(program: Any, trainset: Iterable[Any], *, optimizer: str = "
                     pool: Any = None, progress: Callable[[dict[str, Any]], Any] | None = None,
                     checkpoint: str | Path | None = None, prompt_lm: Any = None, reflection_lm: Any = None,
                     teacher_lm: Any = None, adapter: Any = None, impl: str | None = None,
-                    timeout: float | None = None, **options: Any) -> OptimizeResult:
+                    timeout: float | None = None, on_event: Callable[[dict[str, Any]], Any] | None = None,
+                    **options: Any) -> OptimizeResult:
     """The async form of :func:`optimize`. Cancelling the awaiting task cancels the worker call."""
+    progress = progress or on_event
     router.decide("optimize", None, impl=impl)
     kwargs, callbacks, base_sig = _optimize_call(program, trainset, optimizer, metric, lm, valset, input_keys,
                                                  checkpoint, prompt_lm, reflection_lm, teacher_lm, adapter, options)
@@ -835,6 +840,46 @@ async def aoptimize(program: Any, trainset: Iterable[Any], *, optimizer: str = "
         except RemoteError as exc:
             raise _remote(exc) from exc
     return _result(out, base_sig, events)
+
+
+async def optimize_events(program: Any, trainset: Iterable[Any], **kwargs: Any) -> AsyncIterator[dict[str, Any]]:
+    """:func:`aoptimize` as an async iterator: yields progress events as they happen, then
+    ``{"kind": "result", "result": OptimizeResult}``. Leaving the loop early cancels the run.
+
+        async for event in dspex.api.optimize_events(prog, trainset, optimizer="miprov2", metric=m):
+            print(event)
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+    user = kwargs.pop("progress", None)
+
+    def push(event: dict[str, Any]) -> None:  # runs on the pool's thread
+        if user is not None:
+            user(event)
+        loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    task = asyncio.ensure_future(aoptimize(program, trainset, progress=push, **kwargs))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+                continue
+            getter.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            yield {"kind": "result", "result": task.result()}
+            return
+    finally:
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
 
 
 # --------------------------------------------------------------------------- retrieve

@@ -199,3 +199,18 @@ def test_checkpoint_resume(fake_lm: FakeLMServer, opt_pool, tmp_path) -> None:
     rerun = dspex.optimize("question -> answer", TRAIN, **kw)
     assert not rerun.resumed and rerun.resumed_after == 1 and rerun.lm_calls > 0
     assert json.loads(ckpt.read_text())["completed"]
+
+
+async def test_optimize_events_async_iterator(fake_lm: FakeLMServer, opt_pool) -> None:
+    kinds = []
+    result = None
+    async for event in dspex.api.optimize_events(
+        "question -> answer", TRAIN, optimizer="miprov2", metric=lenient, lm=lm_for(fake_lm), pool=opt_pool,
+        **{**MIPRO_LONG, "num_trials": 2},
+    ):
+        kinds.append(event["kind"])
+        if event["kind"] == "result":
+            result = event["result"]
+    assert kinds[0] == "start" and kinds[-1] == "result" and "trial" in kinds
+    assert kinds.index("trial") < kinds.index("result")
+    assert isinstance(result, dspex.api.OptimizeResult) and result.trials
