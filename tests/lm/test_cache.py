@@ -194,3 +194,21 @@ def test_no_secret_in_cache_key(fake_lm: FakeLMServer, fresh_cache, monkeypatch:
     assert store is not None
     for key, value in store._mem.items():
         assert "sk-secret" not in key and "sk-secret" not in value
+
+
+def test_disk_store_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    monkeypatch.setattr(cache_mod, "_TRIM_EVERY", 10)
+    cache = cache_mod.Cache(memory_size=0, disk_dir=tmp_path, disk_max_entries=25)
+    for i in range(200):
+        cache.put(f"k{i}", {"i": i})
+    cache.close()
+    db = sqlite3.connect(str(tmp_path / "lm_cache.sqlite"))
+    (count,) = db.execute("SELECT COUNT(*) FROM lm_cache").fetchone()
+    # trimmed at most _TRIM_EVERY writes ago: never more than the bound + one trim interval
+    assert count <= 25 + 10
+    # the newest entry survives, the oldest are gone
+    reopened = cache_mod.Cache(memory_size=0, disk_dir=tmp_path, disk_max_entries=25)
+    assert reopened.get("k199") == {"i": 199}
+    assert reopened.get("k0") is None

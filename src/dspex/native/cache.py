@@ -7,7 +7,9 @@ objects they may mutate. Errors are never stored (callers only ``put`` replies).
 
 The SQLite file is opened on the first write (or the first read once it
 exists), never at import and never when the disk store is off. WAL mode plus
-``busy_timeout`` lets many processes read and write the same file.
+``busy_timeout`` lets many processes read and write the same file. The file is
+bounded too: every ``_TRIM_EVERY`` writes, the oldest rows past
+``disk_max_entries`` are deleted.
 
 Switches, strongest first: ``DSPEX_CACHE=0`` / config ``[cache] enabled =
 false`` turn it off everywhere; then a call's ``cache=``, ``dspex.context(cache=...)``,
@@ -36,11 +38,21 @@ def request_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_TRIM_EVERY = 256  # disk writes between two bound checks (COUNT(*) is a table scan)
+
+
 class Cache:
     """Thread-safe LRU of JSON values, optionally backed by a SQLite file shared by processes."""
 
-    def __init__(self, memory_size: int = 10_000, disk_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        memory_size: int = 10_000,
+        disk_dir: str | os.PathLike[str] | None = None,
+        disk_max_entries: int = 200_000,
+    ):
         self.memory_size = max(0, int(memory_size))
+        self.disk_max_entries = max(1, int(disk_max_entries))
+        self._writes = 0
         self._mem: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self.disk_path: Path | None = Path(disk_dir).expanduser() / "lm_cache.sqlite" if disk_dir else None
@@ -64,6 +76,7 @@ class Cache:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS lm_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+        db.execute("CREATE INDEX IF NOT EXISTS lm_cache_created ON lm_cache (created)")
         self._db, self._db_pid = db, os.getpid()  # a forked child opens its own
         return db
 
@@ -96,6 +109,19 @@ class Cache:
                 db = self._conn(create=True)
                 assert db is not None
                 db.execute("INSERT OR REPLACE INTO lm_cache (key, value, created) VALUES (?, ?, ?)", (key, text, time.time()))
+                self._writes += 1
+                if self._writes % _TRIM_EVERY == 1:
+                    self._trim(db)
+
+    def _trim(self, db: sqlite3.Connection) -> None:
+        """Delete the oldest rows past ``disk_max_entries`` (other processes' rows too)."""
+        (count,) = db.execute("SELECT COUNT(*) FROM lm_cache").fetchone()
+        excess = count - self.disk_max_entries
+        if excess > 0:
+            db.execute(
+                "DELETE FROM lm_cache WHERE key IN (SELECT key FROM lm_cache ORDER BY created ASC LIMIT ?)",
+                (excess,),
+            )
 
     def _remember(self, key: str, text: str) -> None:
         if self.memory_size == 0:
@@ -150,7 +176,11 @@ def default_cache() -> Cache | None:
             conf = load_config().get("cache", {})
             if conf.get("enabled", True):
                 disk_dir = conf.get("dir") if conf.get("disk") else None
-                _default = Cache(int(conf.get("memory_size", 10_000)), disk_dir)
+                _default = Cache(
+                    int(conf.get("memory_size", 10_000)),
+                    disk_dir,
+                    int(conf.get("disk_max_entries", 200_000)),
+                )
             else:
                 _default = None
             _default_loaded = True
