@@ -60,6 +60,7 @@ from dspex.errors import (
     ConfigError,
     HandlerNotFound,
     PoolClosed,
+    PoolError,
     PoolOverloaded,
     ProtocolError,
     RemoteError,
@@ -70,7 +71,8 @@ from dspex.errors import (
 from dspex.pool import protocol as P
 from dspex.pool.sessions import Session, SessionStore
 from dspex.pool.stats import LatencyReservoir
-from dspex.pool.worker import BOOTSTRAP
+from dspex.pool import worker as _worker_mod
+from dspex.pool.worker import ALLOW_NESTED_ENV, BOOTSTRAP, WORKER_ENV
 
 __all__ = ["CallResult", "Pool"]
 
@@ -245,6 +247,32 @@ def _resolve_python(python: str | os.PathLike[str] | None) -> str:
     return str(p)
 
 
+def _refuse_nested(name: str) -> None:
+    """A Pool started in a template/worker (or a process one started) is almost always
+    the host's program re-run there (a script without a main guard): a fork bomb."""
+    where = os.environ.get(WORKER_ENV)
+    if not (where or _worker_mod.IN_WORKER) or os.environ.get(ALLOW_NESTED_ENV) == "1":
+        return
+    pool, _, pid = (where or "?:?").partition(":")
+    raise PoolError(
+        f"pools cannot be started inside a dspex worker; Pool {name!r} was started in worker process "
+        f"{os.getpid()} (descendant of pool {pool!r}, process {pid}). This usually means the host's script "
+        "ran again inside a worker: put the pool code under `if __name__ == \"__main__\":` and make sure no "
+        "handler or preload module imports the script. Set DSPEX_ALLOW_NESTED_POOLS=1 to start pools in "
+        "workers on purpose.",
+        pool=name,
+    )
+
+
+def _main_file() -> str | None:
+    """The host's main script (run as ``python file.py``), which workers must never run."""
+    main = sys.modules.get("__main__")
+    f = getattr(main, "__file__", None)
+    if not f or getattr(main, "__spec__", None) is not None:
+        return None
+    return os.path.realpath(f)
+
+
 def _read_rss_kb(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
@@ -404,6 +432,7 @@ class Pool:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed; create a new Pool", pool=self.name)
             if self._state == "new":
+                _refuse_nested(self.name)
                 self._state = "running"
                 self._ep = select.epoll()
                 self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -1579,6 +1608,7 @@ class Pool:
             "max_frame": self.max_frame,
             "start_method": self.start_method,
             "dspex_dir": _DSPEX_DIR,
+            "main_file": _main_file(),
         }
         env = {**os.environ, **self.env}
         argv = [self.python, "-c", BOOTSTRAP, _DSPEX_DIR, "--zygote", json.dumps(cfg)]

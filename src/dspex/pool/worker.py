@@ -19,7 +19,16 @@ generator handlers run inline on that thread, one at a time in arrival order
 (while one waits for a host callback, the same thread keeps reading frames).
 Async handlers run as tasks on an event loop thread started on first use;
 ``concurrent=True`` sync handlers run on a thread pool. A watchdog thread exits the
-worker as soon as the host process dies.
+worker as soon as the host process dies (its pidfd) or hangs up (socket RDHUP), even
+while a handler is running, whichever of zygote and host dies first.
+
+Never a copy of the host program: the runtime's ``__main__`` is the bootstrap (no
+``__file__``/``__spec__``, so multiprocessing children do not re-import the host's
+script), importing the host's main script by module name is steered to the real
+module of that name (a script ``gepa.py`` beside ``import dspy`` used to run itself
+inside the template), and ``DSPEX_POOL_WORKER`` marks this process and its
+descendants so that a Pool started there refuses (``Pool.start`` →
+``PoolError``) unless ``DSPEX_ALLOW_NESTED_POOLS=1``.
 """
 
 from __future__ import annotations
@@ -49,7 +58,12 @@ if TYPE_CHECKING:  # imported lazily at run time: most workers never need them
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["BOOTSTRAP", "main"]
+__all__ = ["ALLOW_NESTED_ENV", "BOOTSTRAP", "IN_WORKER", "WORKER_ENV", "main"]
+
+# Set in a template/worker process (and inherited by everything it starts).
+WORKER_ENV = "DSPEX_POOL_WORKER"
+ALLOW_NESTED_ENV = "DSPEX_ALLOW_NESTED_POOLS"
+IN_WORKER = False  # True in a template or worker process of this interpreter
 
 # Loads the dspex package from a directory (without needing it installed in the
 # target interpreter) and runs main(). argv: [-c, <dspex dir>, <mode>, <json>].
@@ -78,20 +92,86 @@ def _set_pdeathsig(sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def _watch_host(host_pid: int) -> None:
-    """Exit at once when the host dies, even while a handler is busy."""
+def _watch_host(host_pid: int, sock_fd: int = -1) -> Any:
+    """Exit at once when the host dies or hangs up ``sock_fd``, even while busy.
+
+    Watches the host's pidfd (independent of who our parent is: a forked worker
+    whose template died first still notices) and the peer shutdown of the host
+    connection (POLLRDHUP: no data is consumed). Returns a ``stop()`` function.
+    """
+    poller = select.poll()
     try:
         fd = os.pidfd_open(host_pid)
     except ProcessLookupError:
         os._exit(70)
-    except (OSError, AttributeError):  # pragma: no cover - old kernel: rely on EOF + pdeathsig
-        return
+    except (OSError, AttributeError):  # pragma: no cover - old kernel: RDHUP + pdeathsig remain
+        fd = -1
+    if fd >= 0:
+        poller.register(fd, select.POLLIN)
+    if sock_fd >= 0:
+        poller.register(sock_fd, select.POLLRDHUP)
+    stop_r, stop_w = os.pipe()
+    poller.register(stop_r, select.POLLIN)
 
     def run() -> None:
-        select.select([fd], [], [])
-        os._exit(70)
+        while True:
+            for ready_fd, _ in poller.poll():
+                if ready_fd == stop_r:
+                    return
+                os._exit(70)  # the host is gone (or hung up on us): nobody wants our work
 
-    threading.Thread(target=run, name="dspex-host-watch", daemon=True).start()
+    t = threading.Thread(target=run, name="dspex-host-watch", daemon=True)
+    t.start()
+
+    def stop() -> None:
+        os.write(stop_w, b"x")
+        t.join()
+        for f in (stop_r, stop_w, fd):
+            if f >= 0:
+                os.close(f)
+
+    return stop
+
+
+class _MainScriptGuard:
+    """Import the host's main script by module name? Take the real module instead.
+
+    ``python /tmp/gepa.py`` puts ``/tmp`` first on the host's path; a worker started
+    in ``/tmp`` has ``''`` (the cwd) first, so ``import dspy`` → ``import gepa`` there
+    found the user's script and ran it (and its module-level ``Pool``) inside the
+    template. Here that name is looked up on ``sys.path`` without the script's
+    directory; if nothing else has the name, the normal search runs (and a Pool the
+    script starts is refused by the nested-pool guard).
+    """
+
+    def __init__(self, main_file: str) -> None:
+        self.file = os.path.realpath(main_file)
+        self.dir = os.path.dirname(self.file)
+        self.name = os.path.splitext(os.path.basename(self.file))[0]
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != self.name or path is not None:
+            return None
+        from importlib.machinery import PathFinder
+
+        dirs = [d for d in sys.path if os.path.realpath(d or os.getcwd()) != self.dir]
+        return PathFinder.find_spec(name, dirs)
+
+
+def _become_worker(cfg: dict[str, Any]) -> None:
+    """Mark this process as a pool process and keep the host's program out of it."""
+    global IN_WORKER
+    IN_WORKER = True
+    os.environ[WORKER_ENV] = f"{cfg.get('pool', '?')}:{os.getpid()}"
+    main_mod = sys.modules.get("__main__")
+    if main_mod is not None:
+        # multiprocessing's spawn/forkserver re-import __main__ from __file__ / __spec__
+        if hasattr(main_mod, "__file__"):
+            del main_mod.__file__
+        main_mod.__spec__ = None
+    main_file = cfg.get("main_file")
+    if main_file:
+        sys.meta_path.insert(0, _MainScriptGuard(str(main_file)))
 
 
 def _type_name(exc: BaseException) -> str:
@@ -564,10 +644,13 @@ class _Cancelled(Exception):
     """A generator handler stopped because the host cancelled the call."""
 
 
-def _run_worker(sock_fd: int, cfg: dict[str, Any], handlers: dict[str, HandlerSpec], info: dict[str, Any]) -> None:
+def _run_worker(
+    sock_fd: int, cfg: dict[str, Any], handlers: dict[str, HandlerSpec], info: dict[str, Any], watched: bool = False
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _watch_host(int(cfg["host_pid"]))
+    if not watched:
+        _watch_host(int(cfg["host_pid"]), sock_fd)
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(True)
     codec = P.Codec(bool(cfg.get("allow_pickle")), int(cfg.get("max_frame", P.DEFAULT_MAX_FRAME)))
@@ -604,12 +687,25 @@ class Zygote:
         self.ctl.send(msgpack.packb(msg, use_bin_type=True))
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            traceback.print_exc()  # the host shows this tail in WorkerStartError
+            self.shutdown(1)  # an error here must not leave workers behind
+
+    def _run(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         t0 = time.perf_counter()
-        if self.mode == "fork":
-            import ctypes  # noqa: F401  (imported once here, not in every forked worker)
-        load_modules(list(self.cfg.get("preload", [])))
-        load_modules(list(self.cfg.get("handlers", [])))
+        # Imports can take seconds (or block): leave if the host goes meanwhile. The
+        # watcher thread is stopped before forking (fork wants a single thread).
+        stop_watch = _watch_host(int(self.cfg["host_pid"]), self.ctl.fileno())
+        try:
+            if self.mode == "fork":
+                import ctypes  # noqa: F401  (imported once here, not in every forked worker)
+            load_modules(list(self.cfg.get("preload", [])))
+            load_modules(list(self.cfg.get("handlers", [])))
+        finally:
+            stop_watch()
         import_s = time.perf_counter() - t0
         self.handlers = registry()
         threads = _thread_count()
@@ -738,13 +834,16 @@ class Zygote:
         os.close(err_fd)
         self.send([P.Z_FORKED, token, pid])
 
-    def shutdown(self) -> None:
+    def shutdown(self, code: int = 0) -> None:
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        os._exit(0)
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def _spawned_worker(cfg: dict[str, Any]) -> None:
@@ -753,6 +852,8 @@ def _spawned_worker(cfg: dict[str, Any]) -> None:
     zpid = cfg.get("zygote_pid")
     if zpid is not None and os.getppid() != int(zpid):
         os._exit(1)
+    sock_fd = int(cfg.get("sock_fd", 3))
+    _watch_host(int(cfg["host_pid"]), sock_fd)  # before the (slow) imports
     load_modules(list(cfg.get("preload", [])))
     load_modules(list(cfg.get("handlers", [])))
     handlers = registry()
@@ -762,7 +863,7 @@ def _spawned_worker(cfg: dict[str, Any]) -> None:
         "handlers": _handler_table(handlers),
         "mode": "spawn",
     }
-    _run_worker(int(cfg.get("sock_fd", 3)), cfg, handlers, info)
+    _run_worker(sock_fd, cfg, handlers, info, watched=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -774,12 +875,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         raise SystemExit(2)
     cfg = json.loads(args[1])
+    _become_worker(cfg)
     for path in cfg.get("sys_path", []):
         if path not in sys.path:
             sys.path.insert(0, path)
     os.environ.update({k: str(v) for k, v in cfg.get("env", {}).items()})
     if args[0] == "--zygote":
         cfg["zygote_pid"] = os.getpid()
+        # Our parent is the host's supervisor thread, which lives as long as the pool.
+        # (A launcher in between, or a host already gone: the pidfd watch covers it.)
+        if os.getppid() == int(cfg["host_pid"]):
+            _set_pdeathsig()
         Zygote(cfg).run()
     else:
         _spawned_worker(cfg)
