@@ -12,17 +12,33 @@ HTTP client but spells the limit ``max_tokens``. So an ``openai/<name>`` spec
 with a non-OpenAI ``api_base`` is built as ``hosted_vllm/<name>`` (same URL,
 same body otherwise; checked by the differential tests). Set
 ``"max_tokens_field": "max_completion_tokens"`` in the spec to keep ``openai/``.
+
+Grammar (``"grammar": True`` in the spec, i.e. a llama.cpp server such as the
+embedded model): a tiny model only writes replies DSPy can parse under
+grammar-constrained decoding. DSPy 3.4.1 sends an unknown call keyword such as
+``grammar=`` through LiteLLM, so instead the LM gets a custom engine
+(``dspy.LM(model, engine=...)``, DSPy's public engine interface) wrapping DSPy's own
+native engine: per request it reads the output fields the adapter asked for from
+the messages (``dspex._prompt_fields``), builds the GBNF with
+``dspex.native.grammar.gbnf_for`` and puts it in ``Request.config.extensions``,
+which the native client copies into the body verbatim. Same HTTP client, retries
+and cache as before; when the fields cannot be read no grammar is sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
-__all__ = ["LMSpecError", "build_lm", "spec_key"]
+from .._prompt_fields import message_text, output_field_types, requested_fields
+
+__all__ = ["LMSpecError", "build_lm", "grammar_for_messages", "spec_key"]
 
 _CACHE_SIZE = 32
 _cache: OrderedDict[str, Any] = OrderedDict()
@@ -86,14 +102,157 @@ def _build(spec: dict[str, Any]) -> Any:
     elif api_key:
         kwargs["api_key"] = api_key
     provider, _, name = model.partition("/")
-    if (
-        provider == "openai"
-        and api_base
-        and "api.openai.com" not in api_base
-        and spec.get("max_tokens_field", "max_tokens") == "max_tokens"
-    ):
+    local_server = provider == "openai" and bool(api_base) and "api.openai.com" not in str(api_base)
+    if local_server and spec.get("max_tokens_field", "max_tokens") == "max_tokens":
         model = f"hosted_vllm/{name}"
+    if spec.get("grammar") and local_server:
+        return _grammar_lm(dspy, model, kwargs, spec)
     return dspy.LM(model, **kwargs)
+
+
+# --------------------------------------------------------------------------- grammar
+
+# DSPy type names gbnf_for has no spelling for, but whose values are plain text.
+_TYPE_ALIASES = {"Reasoning": "str"}
+
+
+def grammar_for_messages(messages: Sequence[dict[str, Any]], max_tokens: int | None = None) -> str | None:
+    """The GBNF grammar for the reply a DSPy-formatted prompt asks for, or None.
+
+    None (send no grammar) whenever the prompt is not one of DSPy's ChatAdapter /
+    JSONAdapter prompts, a field's type has no grammar, or the system message's
+    output fields disagree with the reminder (e.g. a field the reminder words
+    differently): a wrong grammar would make every reply unparseable.
+    """
+    found = requested_fields(messages)
+    if not found or not found[1]:
+        return None
+    kind, fields = found
+    system = next((message_text(m) for m in messages if isinstance(m, dict) and m.get("role") == "system"), "")
+    declared = output_field_types(system)
+    if declared and list(declared) != [name for name, _ in fields]:
+        return None
+    resolved = tuple((name, t or declared.get(name) or "str") for name, t in fields)
+    return _grammar(kind, resolved, int(max_tokens) if max_tokens else None)
+
+
+@lru_cache(maxsize=256)
+def _grammar(kind: str, fields: tuple[tuple[str, str], ...], max_tokens: int | None) -> str | None:
+    from ..native.grammar import gbnf_for
+    from ..native.signature import signature
+
+    spec = "dspex_prompt -> " + ", ".join(f"{name}: {_TYPE_ALIASES.get(t, t)}" for name, t in fields)
+    try:
+        return gbnf_for(signature(spec), kind, max_tokens=max_tokens)
+    except Exception:  # an unknown type name, a reserved field name: no grammar, never a failed call
+        return None
+
+
+def _request_messages(request: Any) -> list[dict[str, Any]]:
+    """An lm15 Request's system text and messages as OpenAI-style dicts (text parts only)."""
+    def text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, str):
+            return value
+        return "".join(str(getattr(p, "text", "") or "") for p in value)
+
+    out = [{"role": "system", "content": text(request.system)}] if request.system else []
+    out += [{"role": str(m.role), "content": text(m.parts)} for m in request.messages]
+    return out
+
+
+def _with_grammar(request: Any, default_max_tokens: int | None) -> Any:
+    config = request.config
+    # llama.cpp refuses grammar together with response_format / tools; leave those alone.
+    if config.response_format is not None or request.tools or "grammar" in (config.extensions or {}):
+        return request
+    grammar = grammar_for_messages(_request_messages(request), config.max_tokens or default_max_tokens)
+    if grammar is None:
+        return request
+    extensions = {**(config.extensions or {}), "grammar": grammar}
+    return dataclasses.replace(request, config=dataclasses.replace(config, extensions=extensions))
+
+
+class GrammarEngine:
+    """DSPy's native engine plus a per-request ``grammar`` (see the module docstring)."""
+
+    def __init__(self, router_config: Any, model_type: str = "chat", max_tokens: int | None = None) -> None:
+        from dspy.clients.engines.lm15_engine import LM15Engine
+
+        self._inner = LM15Engine(router_config, model_type=model_type)
+        self.max_tokens = max_tokens
+
+    def complete(self, request: Any) -> Any:
+        return self._inner.complete(_with_grammar(request, self.max_tokens))
+
+    def stream(self, request: Any) -> Any:
+        return self._inner.stream(_with_grammar(request, self.max_tokens))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GrammarEngine:
+        return self  # a connection pool: shared by copies of the LM, like DSPy's own engines
+
+
+class AsyncGrammarEngine:
+    """The async twin; one inner engine per event loop (DSPy's async pools are loop-bound)."""
+
+    def __init__(self, router_config: Any, model_type: str = "chat", max_tokens: int | None = None) -> None:
+        self._config = router_config
+        self._model_type = model_type
+        self.max_tokens = max_tokens
+        self._engines: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def _engine(self) -> Any:
+        import asyncio
+
+        from dspy.clients.engines.lm15_engine import AsyncLM15Engine
+
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            for dead in [lp for lp in self._engines if lp.is_closed()]:
+                del self._engines[dead]
+            engine = self._engines.get(loop)
+            if engine is None:
+                engine = self._engines[loop] = AsyncLM15Engine(self._config, model_type=self._model_type)
+        return engine
+
+    async def complete(self, request: Any) -> Any:
+        return await self._engine().complete(_with_grammar(request, self.max_tokens))
+
+    def stream(self, request: Any) -> Any:
+        return self._engine().stream(_with_grammar(request, self.max_tokens))
+
+    async def aclose(self) -> None:
+        import asyncio
+
+        engine = self._engines.pop(asyncio.get_running_loop(), None)
+        if engine is not None:
+            await engine.aclose()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncGrammarEngine:
+        return self
+
+
+def _grammar_lm(dspy: Any, model: str, kwargs: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """``dspy.LM(model, engine=GrammarEngine(...))``: the connection settings move to the engine."""
+    from dspy.clients.engines.lm15_engine import LM15Engine, timeouts_for
+    from dspy.lm15 import RouterConfig
+
+    kwargs = dict(kwargs)
+    api_base = kwargs.pop("api_base")
+    api_key = kwargs.pop("api_key")
+    timeout = kwargs.pop("timeout", None)
+    model_type = kwargs.get("model_type", "chat")
+    provider = LM15Engine(RouterConfig(env={}), model_type=model_type).resolve(model).provider
+    config = RouterConfig(api_keys={provider: api_key}, base_urls={provider: api_base},
+                          timeouts=timeouts_for(timeout))
+    max_tokens = spec.get("max_tokens")
+    return dspy.LM(model, engine=GrammarEngine(config, model_type, max_tokens),
+                   async_engine=AsyncGrammarEngine(config, model_type, max_tokens), **kwargs)
 
 
 def build_lm(spec: dict[str, Any] | str | None) -> Any:

@@ -7,7 +7,8 @@ starting with the field `[[ ## a ## ]]`, then ...``) or the JSONAdapter wording
 (``Respond with a JSON object in the following order of fields: `a`, then ...``),
 and the system message may carry a ``# note:`` per field (Literal options, enum
 values, a JSON schema). Values depend only on the field's type, so the same
-prompt always gets the same reply. Stdlib only; no dspex imports.
+prompt always gets the same reply. Stdlib only (plus ``dspex._prompt_fields``, which
+reads the requested fields for both this and the bridge).
 """
 
 from __future__ import annotations
@@ -17,13 +18,9 @@ import re
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["autofill", "requested_fields", "value_for_type"]
+from .._prompt_fields import requested_fields  # shared with the bridge's grammar LM
 
-_CHAT_MARK = "Respond with the corresponding output fields"
-_JSON_MARK = "Respond with a JSON object in the following order of fields:"
-# `[[ ## name ## ]]` optionally followed by " (must be formatted as a valid Python T)"
-_CHAT_FIELD = re.compile(r"`\[\[ ## (\w+) ## \]\]`(?: \(must be formatted as a valid Python (.+?)\))?(?=, then |, and then |\.|$)")
-_JSON_FIELD = re.compile(r"`(\w+)`(?: \(must be formatted as a valid Python (.+?)\))?(?=, then |\.$|$)")
+__all__ = ["autofill", "requested_fields", "value_for_type"]
 
 
 def _split_args(text: str) -> list[str]:
@@ -138,27 +135,6 @@ def _notes(system: str) -> dict[str, str]:
     for m in re.finditer(r"\{(\w+)\}\s+# note: the value you produce (.*?)(?:\"?\n|\"?$)", system):
         notes.setdefault(m.group(1), m.group(2).rstrip('"'))
     return notes
-
-
-def requested_fields(messages: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str | None]]] | None:
-    """Return ``("chat"|"json", [(field, type_name), ...])`` or None when no fields are asked for."""
-    user = ""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # OpenAI content parts
-                content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-            user = str(content or "")
-            break
-    idx = user.rfind(_CHAT_MARK)
-    if idx >= 0:
-        tail = user[idx:]
-        return "chat", [(m.group(1), m.group(2)) for m in _CHAT_FIELD.finditer(tail) if m.group(1) != "completed"]
-    idx = user.rfind(_JSON_MARK)
-    if idx >= 0:
-        tail = user[idx + len(_JSON_MARK) :].strip()
-        return "json", [(m.group(1), m.group(2)) for m in _JSON_FIELD.finditer(tail)]
-    return None
 
 
 @lru_cache(maxsize=1024)
