@@ -29,3 +29,13 @@ def mp_child(ctx: Context, method: str) -> int:
 @handler
 def environ(ctx: Context, name: str) -> str | None:
     return os.environ.get(name)
+
+
+@handler
+def say(ctx: Context, text: str) -> str:
+    """Write ``text`` to the worker's stderr."""
+    import sys
+
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+    return text

@@ -61,7 +61,7 @@ def _reap(tag: str) -> None:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-        wait_for(lambda: not any(alive(p) for p in pids), timeout=5.0, what="killed processes gone")
+        wait_for(lambda p=pids: not any(alive(x) for x in p), timeout=5.0, what="killed processes gone")
 
 
 def _children(pid: int) -> list[int]:
@@ -128,7 +128,7 @@ def _host(spawn_host, tmp_path: Path, **cfg) -> tuple[Host, dict, Path]:
 
 
 def test_host_killed_while_a_sync_handler_runs(spawn_host, tmp_path: Path) -> None:
-    h, info, marker = _host(spawn_host, tmp_path, size=2)
+    h, _, marker = _host(spawn_host, tmp_path, size=2)
     wait_for(marker.exists, timeout=30, what="the handler running")
     assert len(_tagged(h.tag)) == 4  # host, template, two workers
     h.kill()
@@ -157,7 +157,6 @@ def test_worker_notices_host_death_without_its_template(spawn_host, tmp_path: Pa
     try:
         h.kill()
         wait_for(lambda: not alive(worker), timeout=15, what="the worker exiting on its own")
-        assert alive(info["zygote"]) or True  # (pdeathsig may already have taken the template)
     finally:
         if alive(info["zygote"]):
             os.kill(info["zygote"], signal.SIGCONT)
@@ -226,7 +225,7 @@ def test_nested_pool_is_refused_with_a_clear_error(spawn_host, tmp_path: Path) -
     log = tmp_path / "runs.log"
     script = _script(tmp_path / "host.py", log, "__file__")
     h = spawn_host([str(script)])
-    out, err = h.proc.communicate(timeout=60)
+    _, err = h.proc.communicate(timeout=60)
     assert h.proc.returncode != 0
     assert "pools cannot be started inside a dspex worker" in err
     assert "DSPEX_ALLOW_NESTED_POOLS" in err

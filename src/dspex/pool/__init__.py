@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 # Eager (stdlib only): the submodule ``handler`` would otherwise shadow the decorator.
 from .handler import Context, handler
 
-__all__ = ["CallResult", "Context", "Pool", "PoolManager", "handler", "manager"]
+__all__ = ["CallResult", "Context", "Pool", "PoolManager", "handler", "manager", "set_default_manager"]
 
 _LAZY = {
     "Pool": ".pool",
     "CallResult": ".pool",
     "PoolManager": ".manager",
     "manager": ".manager",
+    "set_default_manager": ".manager",
 }
 
 
@@ -36,5 +37,5 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .manager import PoolManager, manager
+    from .manager import PoolManager, manager, set_default_manager
     from .pool import CallResult, Pool

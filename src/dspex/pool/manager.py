@@ -11,7 +11,7 @@ from typing import Any
 from dspex.errors import ConfigError
 from dspex.pool.pool import Pool
 
-__all__ = ["PoolManager", "manager"]
+__all__ = ["PoolManager", "manager", "set_default_manager"]
 
 # Pool keyword arguments a config table may set (callbacks are code, not config).
 _KEYS = {
@@ -39,6 +39,7 @@ _KEYS = {
     "start_method",
     "callback_threads",
     "forward_stderr",
+    "hint_wait_s",
 }
 
 
@@ -51,7 +52,7 @@ class PoolManager:
     A pool starts on its first ``get``; ``close_all`` runs at interpreter exit.
     """
 
-    def __init__(self, config: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, *, forward_stderr: bool | None = None) -> None:
         if config is None:
             from dspex.settings import load_config
 
@@ -68,7 +69,12 @@ class PoolManager:
                     f"pools.{name}: unknown option(s) {sorted(unknown)}; known: {sorted(_KEYS)}"
                 )
         self._config: dict[str, dict[str, Any]] = {k: dict(v) for k, v in pools.items()}
+        if forward_stderr is not None:  # a default: a pool's own table still decides
+            for table in self._config.values():
+                table.setdefault("forward_stderr", forward_stderr)
         self._pools: dict[str, Pool] = {}
+        # name -> (done event, [error]) while its first get() starts it
+        self._starting: dict[str, tuple[threading.Event, list[BaseException]]] = {}
         self._lock = threading.Lock()
         self._closed = False
         atexit.register(self.close_all)
@@ -85,24 +91,48 @@ class PoolManager:
         return dict(self._config[name])
 
     def get(self, name: str, **overrides: Any) -> Pool:
-        """The pool ``name``, started on first use (``overrides`` apply then, e.g. callbacks=)."""
+        """The pool ``name``, started on first use (``overrides`` apply then, e.g. callbacks=).
+
+        Returns only a started pool: threads asking while the first one starts it wait
+        for that start, and get its error if it fails.
+        """
         with self._lock:
             pool = self._pools.get(name)
-            if pool is not None:
+            starting = self._starting.get(name)
+            if pool is not None and starting is None:
                 return pool
-            if self._closed:
-                from dspex.errors import PoolClosed
+            if starting is None:
+                if self._closed:
+                    from dspex.errors import PoolClosed
 
-                raise PoolClosed(f"the pool manager is closed; cannot start {name!r}", pool=name)
-            pool = Pool(name, **{**self.config(name), **overrides})
-            self._pools[name] = pool
+                    raise PoolClosed(f"the pool manager is closed; cannot start {name!r}", pool=name)
+                pool = Pool(name, **{**self.config(name), **overrides})
+                self._pools[name] = pool
+                starting = self._starting[name] = (threading.Event(), [])
+                owner = True
+            else:
+                owner = False
+        done, error = starting
+        if not owner:
+            done.wait()
+            if error:
+                raise error[0]
+            assert pool is not None
+            return pool
+        assert pool is not None
         try:
             pool.start()
-        except BaseException:
+        except BaseException as exc:
+            error.append(exc)
             with self._lock:
-                self._pools.pop(name, None)
+                if self._pools.get(name) is pool:
+                    del self._pools[name]
             pool.close()
             raise
+        finally:
+            with self._lock:
+                self._starting.pop(name, None)
+            done.set()
         return pool
 
     def started(self) -> list[str]:
@@ -138,6 +168,20 @@ def manager() -> PoolManager:
     with _default_lock:
         if _default is None:
             _default = PoolManager()
+        return _default
+
+
+def set_default_manager(mgr: PoolManager | None, *, replace: bool = True) -> PoolManager | None:
+    """Install ``mgr`` as what ``manager()`` returns (None: rebuild from config on next use).
+
+    ``replace=False`` installs it only if no default exists yet. Returns the default in
+    effect afterwards. The previous default is not closed (its pools close at exit).
+    E.g. ``set_default_manager(PoolManager(forward_stderr=False), replace=False)``.
+    """
+    global _default
+    with _default_lock:
+        if replace or _default is None:
+            _default = mgr
         return _default
 
 

@@ -69,9 +69,9 @@ from dspex.errors import (
     WorkerStartError,
 )
 from dspex.pool import protocol as P
+from dspex.pool import worker as _worker_mod
 from dspex.pool.sessions import Session, SessionStore
 from dspex.pool.stats import LatencyReservoir
-from dspex.pool import worker as _worker_mod
 from dspex.pool.worker import ALLOW_NESTED_ENV, BOOTSTRAP, WORKER_ENV
 
 __all__ = ["CallResult", "Pool"]
@@ -130,6 +130,7 @@ class _Call:
         "serial",
         "session",
         "short",
+        "spill_at",
         "state",
         "stream",
         "strict",
@@ -165,6 +166,7 @@ class _Call:
         self.q: Any = None
         self.lock: Any = None
         self.strict = False
+        self.spill_at: float | None = None  # hint affinity: waits for its worker until then
 
 
 class _Worker:
@@ -264,6 +266,16 @@ def _refuse_nested(name: str) -> None:
     )
 
 
+def _stderr_default() -> bool:
+    """``forward_stderr`` when not given: env DSPEX_POOL_STDERR=quiet|forward (default forward)."""
+    v = os.environ.get("DSPEX_POOL_STDERR", "forward").strip().lower()
+    if v in ("quiet", "off", "0", "false", "no"):
+        return False
+    if v in ("forward", "on", "1", "true", "yes", ""):
+        return True
+    raise ConfigError(f"DSPEX_POOL_STDERR must be 'quiet' or 'forward', not {v!r}")
+
+
 def _main_file() -> str | None:
     """The host's main script (run as ``python file.py``), which workers must never run."""
     main = sys.modules.get("__main__")
@@ -312,7 +324,8 @@ class Pool:
         session_ttl_s: float | None = 3600.0,
         start_method: str = "fork",
         callback_threads: int = 8,
-        forward_stderr: bool = True,
+        forward_stderr: bool | None = None,
+        hint_wait_s: float = 0.05,
         backoff_base_s: float = 0.1,
         backoff_max_s: float = 10.0,
     ) -> None:
@@ -345,7 +358,10 @@ class Pool:
         self.shutdown_grace_s = shutdown_grace_s
         self.start_method = start_method
         self.callback_threads = callback_threads
+        if forward_stderr is None:
+            forward_stderr = _stderr_default()
         self.forward_stderr = forward_stderr
+        self.hint_wait_s = max(0.0, float(hint_wait_s))
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
 
@@ -399,6 +415,7 @@ class Pool:
         self._io_thread: threading.Thread | None = None
         self._sup_thread: threading.Thread | None = None
         self._last_slow_tick = 0.0
+        self._next_spill = float("inf")  # earliest spill_at of a hint call waiting for its worker
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Pool:
@@ -649,7 +666,8 @@ class Pool:
         on_event: Callable[[dict[str, Any]], Any] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
-        self._ensure_started()
+        if self._state != "running" or not self._handler_table:
+            await asyncio.get_running_loop().run_in_executor(None, self._ensure_started)
         loop = asyncio.get_running_loop()
         call = self._new_call(handler, args, kwargs, session, timeout, callbacks, on_event, stream=True)
         call.loop = loop
@@ -748,7 +766,9 @@ class Pool:
 
     # ------------------------------------------------------------------ call plumbing
     def _ensure_started(self) -> None:
-        if self._state != "running":
+        """Start the pool, or wait for a start in progress (another thread's): a call
+        made meanwhile must not see an empty handler table (HandlerNotFound)."""
+        if self._state != "running" or not self._handler_table:
             if self._closed:
                 raise PoolClosed(f"pool {self.name!r} is closed", pool=self.name)
             self.start()
@@ -812,7 +832,7 @@ class Pool:
         on_event: Callable[[dict[str, Any]], Any] | None,
         detailed: bool,
     ) -> Any:
-        if self._state != "running":
+        if self._state != "running" or not self._handler_table:
             self._ensure_started()
         call = self._new_call(handler, args, kwargs, session, timeout, callbacks, on_event, stream=False)
         if call.lock is None:
@@ -935,7 +955,7 @@ class Pool:
         on_event: Callable[[dict[str, Any]], Any] | None,
         detailed: bool,
     ) -> Any:
-        if self._state != "running":
+        if self._state != "running" or not self._handler_table:
             await asyncio.get_running_loop().run_in_executor(None, self._ensure_started)
         loop = asyncio.get_running_loop()
         call = self._new_call(handler, args, kwargs, session, timeout, callbacks, on_event, stream=False)
@@ -1021,8 +1041,17 @@ class Pool:
                         return w
                     self._enqueue(call, w)
                     return None
-            elif w is not None and w.state in (READY, RETIRING) and self._eligible(w, call):
-                return w
+            elif w is not None and w.state in (READY, RETIRING):
+                if self._eligible(w, call):
+                    return w
+                if self.hint_wait_s > 0:
+                    # busy: wait for it a bounded time, then spill (see _spill_overdue)
+                    self._enqueue(call, w)
+                    call.spill_at = spill_at = time.monotonic() + self.hint_wait_s
+                    if spill_at < self._next_spill:
+                        self._next_spill = spill_at
+                        self._wake_sup.set()
+                    return None
             # hint: spill to another worker (the session stays bound to its own)
         w = self._pick(call)
         if w is None:
@@ -1834,6 +1863,7 @@ class Pool:
     def _drain(self, w: _Worker) -> None:
         """Stop routing to ``w``; the supervisor stops it once idle. Lock held."""
         w.state = DRAINING
+        self._unwait_hints(w, None)
         for s in self._sessions.bound_to(w):
             if self.affinity == "strict":
                 s.lost = True
@@ -1896,6 +1926,7 @@ class Pool:
                 if self.affinity == "strict":
                     s.lost = True
                 s.worker = None
+            self._unwait_hints(w, None)  # hint calls waiting for it go elsewhere
             lost = list(w.strict_q)
             w.strict_q.clear()
             self._n_queued -= len(lost)
@@ -1998,7 +2029,7 @@ class Pool:
 
     def _sup_loop(self) -> None:
         while not self._closed:
-            self._wake_sup.wait(0.05)
+            self._wake_sup.wait(min(0.05, max(0.0, self._next_spill - time.monotonic())))
             self._wake_sup.clear()
             if self._closed:
                 return
@@ -2007,8 +2038,43 @@ class Pool:
             except Exception:  # keep supervising whatever happens
                 traceback.print_exc()
 
+    def _unwait_hints(self, w: _Worker, now: float | None) -> None:
+        """Move hint calls waiting in ``w``'s queue (those past their bound, or all when
+        ``now`` is None) to the general queue, oldest first. Lock held."""
+        if not w.strict_q:
+            return
+        keep: deque[_Call] = deque()
+        moved: list[_Call] = []
+        for call in w.strict_q:
+            if call.spill_at is not None and (now is None or call.spill_at <= now):
+                call.spill_at = None
+                moved.append(call)
+            else:
+                keep.append(call)
+        if moved:
+            w.strict_q = keep
+            self._queue.extendleft(reversed(moved))
+
+    def _spill_overdue(self, now: float) -> None:
+        """Hint affinity's bound: calls that waited ``hint_wait_s`` for their busy
+        session worker go to any worker."""
+        out: list[tuple[_Worker, _Call]] = []
+        with self._lock:
+            nxt = float("inf")
+            for w in self._workers:
+                self._unwait_hints(w, now)
+                for call in w.strict_q:
+                    if call.spill_at is not None and call.spill_at < nxt:
+                        nxt = call.spill_at
+            self._next_spill = nxt
+            self._pump(out)
+        if out:
+            self._send_pumped(out)
+
     def _supervise(self) -> None:
         now = time.monotonic()
+        if now >= self._next_spill:
+            self._spill_overdue(now)
         # 1. the template
         if self._zctl is None:
             if now >= self._next_start_at:
