@@ -195,28 +195,13 @@ _POOL_COMMANDS = {"optimize", "run", "pools"}
 
 
 def quiet_worker_stderr() -> None:
-    """Install the default PoolManager with ``forward_stderr=False`` for every pool whose
-    config does not choose: a worker's tracebacks and library chatter would break the
-    one-line error rule (start failures and remote errors carry their stderr/traceback
-    anyway, and ``--debug`` keeps forwarding on). Uses the manager module's default slot
-    because the pool layer has no setting for it; does nothing if that slot is missing."""
-    import importlib
+    """Make the default PoolManager start pools with ``forward_stderr=False`` unless their
+    config chooses: a worker's tracebacks and library chatter would break the one-line
+    error rule (start failures and remote errors carry their stderr/traceback anyway,
+    and ``--debug`` keeps forwarding on). Keeps a default manager that already exists."""
+    from ..pool import PoolManager, set_default_manager
 
-    from ..settings import load_config
-
-    mod = importlib.import_module("dspex.pool.manager")
-    lock, cls = getattr(mod, "_default_lock", None), getattr(mod, "PoolManager", None)
-    if lock is None or cls is None or not hasattr(mod, "_default"):
-        return
-    with lock:
-        slot = vars(mod)  # the module's globals: `_default` is the manager() singleton
-        if slot.get("_default") is not None:
-            return
-        pools = {
-            name: ({"forward_stderr": False, **table} if isinstance(table, dict) else table)
-            for name, table in (load_config().get("pools") or {}).items()
-        }
-        slot["_default"] = cls({"pools": pools})
+    set_default_manager(PoolManager(forward_stderr=False), replace=False)
 
 
 def run_command(args: argparse.Namespace) -> int:
