@@ -41,6 +41,7 @@ from .errors import (
     SessionLost,
     SignatureError,
     StepFailed,
+    StepTimeout,
     TemplateError,
     WorkerCrashed,
     WorkerStartError,
@@ -87,14 +88,14 @@ _LAZY: dict[str, str] = {
     "fan_out": ".pipeline",
 }
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by layer
     "__version__",
     # settings
     "context",
     "current",
     "load_config",
     "Usage",
-    # errors
+    # errors (the tree in errors.py)
     "DspexError",
     "ConfigError",
     "SignatureError",
@@ -121,8 +122,41 @@ __all__ = [
     "ImplementationUnavailable",
     "PipelineError",
     "StepFailed",
+    "StepTimeout",
     "LocalModelError",
-    *_LAZY,
+    # lazily loaded (see _LAZY)
+    "Signature",
+    "InputField",
+    "OutputField",
+    "ChatAdapter",
+    "JSONAdapter",
+    "Example",
+    "Prediction",
+    "Template",
+    "LM",
+    "Predict",
+    "ChainOfThought",
+    "BM25",
+    "signature",
+    "compile_signature",
+    "predict",
+    "apredict",
+    "predictor",
+    "chain_of_thought",
+    "react",
+    "optimize",
+    "aoptimize",
+    "retrieve",
+    "aretrieve",
+    "explain",
+    "router_stats",
+    "pipeline",
+    "Pipeline",
+    "worker",
+    "parallel",
+    "branch",
+    "fan_out",
+    # subpackages
     "native",  # the in-process package; calling it builds a native pipeline step
     "pool",
     "testing",
@@ -147,6 +181,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from . import native, pool, testing
     from .api import (
         aoptimize,
         apredict,
@@ -169,5 +204,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .native.signature import InputField, OutputField, Signature
     from .native.template import Template
     from .native.values import Example, Prediction
-    from . import native, pool, testing
     from .pipeline import Pipeline, branch, fan_out, parallel, pipeline, worker

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - in the order of the tree drawn above
     "DspexError",
     "ConfigError",
     "SignatureError",
