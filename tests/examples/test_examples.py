@@ -60,12 +60,14 @@ def test_example_runs(name: str, fake_lm: FakeLMServer, tmp_path: Path, capsys: 
     if name == "research_assistant":
         kwargs["program"] = tmp_path / "program.json"
     if name == "multi_pool_flagship":
-        kwargs["optimize_timeout"] = 20.0  # GEPA can stall in the bridge (see the pipeline report)
+        kwargs["optimize_timeout"] = 120.0  # a bound, not an expectation: GEPA must finish
     result = module.main([], lm=lm, **kwargs)
     assert result
     out = capsys.readouterr().out
     assert out.strip()
     assert len(fake_lm.requests) >= 1  # it really called the LM
+    if name == "multi_pool_flagship":
+        assert "GEPA score" in out and "GEPA did not finish" not in out
     if name == "research_assistant":
         assert (tmp_path / "program.json").exists()  # optimized once, saved
         where = {s.name: (s.where, s.pid) for s in result.trace.steps}
