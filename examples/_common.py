@@ -20,6 +20,7 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="OpenAI-compatible server (default: the embedded local model)")
     p.add_argument("--model", default=os.environ.get("DSPEX_MODEL", "local"), help="model name on that server")
     p.add_argument("--api-key-env", default=None, help="env variable holding the API key, if one is needed")
+    p.add_argument("--debug", action="store_true", help="full tracebacks (and worker stderr) on errors")
     return p
 
 
@@ -48,18 +49,49 @@ def show(title: str, value: Any) -> None:
 
 
 def print_trace(trace: Any) -> None:
-    """Which step ran where (native / pool + pid) and how long: a rich table if installed."""
+    """Which step ran where (native / pool + worker pid) and how long: a rich table if installed."""
+    rows = trace.rows()
+    cols = ["step", "where", "pid", "ms", "status", "tokens"]
+    if any(r["retries"] for r in rows):
+        cols.insert(4, "retries")
+    for r in rows:  # "native" ran in this process; else the pool's name (the pid is its worker)
+        r["where"] = {"native": "native", "cache": "cache", "group": ""}.get(r["where"], f"pool {r['where']}")
+        r["ms"] = f"{r['ms']:.0f}"
+        r["tokens"] = r["tokens"] or ""
+    title = f"pipeline {trace.pipeline!r}: {trace.duration_s:.1f} s, {trace.status}"
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        print(trace.table())
+        cells = [cols] + [["" if r[c] is None else str(r[c]) for c in cols] for r in rows]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+        print(f"\n{title}")
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
         return
-    table = Table(title=f"pipeline {trace.pipeline!r}: {trace.duration_s * 1000:.0f} ms, session {trace.session}")
-    for col in ("step", "kind", "where", "pid", "ms", "retries", "status", "tokens"):
+    table = Table(title=title)
+    for col in cols:
         table.add_column(col, justify="right" if col in ("pid", "ms", "retries", "tokens") else "left",
-                         no_wrap=col == "step")
-    for row in trace.rows():
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in
-                        ("step", "kind", "where", "pid", "ms", "retries", "status", "tokens")))
+                         no_wrap=True)
+    for r in rows:
+        table.add_row(*("" if r[c] is None else str(r[c]) for c in cols))
     Console().print(table)
+
+
+def report_error(exc: BaseException, debug: bool, prog: str = "") -> int:
+    """One stderr line (what went wrong — how to fix it) and the exit code; a traceback with ``--debug``."""
+    import sys
+    import traceback
+
+    from dspex._cli.common import classify
+
+    code, what, fix = classify(exc)
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+        remote = getattr(exc, "remote_traceback", "") or getattr(getattr(exc, "cause", None), "remote_traceback", "")
+        if remote:
+            sys.stderr.write(f"remote traceback:\n{remote}\n")
+    prog = prog or os.path.basename(sys.argv[0] or "example")
+    line = f"{prog}: error: {what}" + (f" — {fix}" if fix and " — " not in what else "")
+    sys.stderr.write(line + "\n")
+    return code or 1
