@@ -5,7 +5,10 @@ main job (the research assistant) also as the README runs it, a subprocess with
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -89,3 +92,40 @@ def test_main_job_as_a_subprocess(fake_lm: FakeLMServer, tmp_path: Path) -> None
     assert "## Which planet is red?" in proc.stdout
     assert "refine" in proc.stdout and "dspy" in proc.stdout and "native" in proc.stdout
     assert (tmp_path / "program.json").exists()
+
+
+def test_main_job_reuses_the_shipped_program_and_reoptimizes_atomically(
+        fake_lm: FakeLMServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shipped = EXAMPLES / "research_program.json"
+    assert set(json.loads(shipped.read_text())) == {"predict"}  # a DSPy ChainOfThought state
+    program = tmp_path / "program.json"
+    shutil.copy(shipped, program)
+    module = _load("research_assistant")
+    lm = dspex.LM("openai/fake", api_base=fake_lm.base_url, cache=False, num_retries=0)
+    result = module.main([], lm=lm, program=program)
+    out = capsys.readouterr().out
+    assert "optimizing" not in out and "using the optimized synthesis program" in out
+    assert program.read_text() == shipped.read_text()
+    assert result.trace.status == "ok" and "## " in result["markdown"]
+    module.main(["--reoptimize"], lm=lm, program=program)
+    assert "MIPROv2 done" in capsys.readouterr().out
+    assert set(json.loads(program.read_text())) == {"predict"}
+    assert [p.name for p in tmp_path.iterdir()] == ["program.json"]  # no temp file left behind
+
+
+@pytest.mark.timeout(120)
+def test_main_job_failure_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    program = tmp_path / "program.json"
+    shutil.copy(EXAMPLES / "research_program.json", program)
+    env = {**os.environ, "DSPEX_NO_LOCAL_MODEL": "1"}
+    cmd = [sys.executable, str(EXAMPLES / "research_assistant.py"), "--api-base", dead, "--model", "fake",
+           "--program", str(program)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=100, cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("research_assistant: error: "), proc.stderr[-2000:]
+    assert "plan" in lines[-1] and " — " in lines[-1]  # which step, and what to do
+    assert "Traceback" not in proc.stderr
