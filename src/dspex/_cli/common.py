@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .. import errors
 from ..cli import EXIT_ENV, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 
 __all__ = [
@@ -66,10 +67,39 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _dspex_errors() -> Any:
-    from .. import errors
-
-    return errors
+# (dspex error classes, exit code, what precedes the message, fix) for the errors whose
+# report is just that; the first match wins, so subclasses come before their bases.
+_REPORTS: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int, str, str], ...] = (
+    (errors.SignatureError, EXIT_USAGE, "malformed signature: ", 'write it as "in1, in2: type -> out1: type"'),
+    (errors.TemplateError, EXIT_USAGE, "bad template: ", "fix the placeholder"),
+    (
+        errors.ConfigError,
+        EXIT_USAGE,
+        "bad configuration: ",
+        "fix dspex.toml / [tool.dspex] (`dspex doctor` shows which file)",
+    ),
+    (errors.LMAuthError, EXIT_ENV, "LM refused the credentials: ", "export the API key variable (--api-key-env NAME)"),
+    (errors.LMTimeout, EXIT_RUNTIME, "LM timed out: ", "raise --timeout or check the server's load"),
+    (errors.LMRateLimited, EXIT_RUNTIME, "LM rate limit: ", "retry later or raise --retries"),
+    (errors.ContextWindowExceeded, EXIT_RUNTIME, "prompt too long: ", "shorten the inputs or lower --max-tokens"),
+    (errors.LMError, EXIT_RUNTIME, "LM call failed: ", "check the model name and the server's log; --debug shows details"),
+    (
+        errors.ParseError,
+        EXIT_RUNTIME,
+        "could not parse the LM reply: ",
+        "try --cot, a stronger --lm, or rerun with --debug to see the raw reply",
+    ),
+    (errors.CheckFailed, EXIT_RUNTIME, "output check failed: ", "relax the check or use a stronger model"),
+    (
+        (errors.ImplementationUnavailable, errors.LocalModelError),
+        EXIT_ENV,
+        "",
+        "run `dspex doctor` for the install commands",
+    ),
+    (errors.PoolError, EXIT_RUNTIME, "pool call failed: ", "`dspex pools` shows the pools; --debug for details"),
+    (errors.RemoteError, EXIT_RUNTIME, "worker raised ", "rerun with --debug for the remote traceback"),
+    (errors.DspexError, EXIT_RUNTIME, "", "rerun with --debug for details"),
+)
 
 
 def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tuple[int, str, str]:
@@ -78,13 +108,12 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
         return exc.code, _one_line(exc.message), exc.fix
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted", "nothing was written"
-    e = _dspex_errors()
-    api_base = getattr(args, "api_base", None) if args is not None else None
     msg = _one_line(str(exc))
-    if isinstance(exc, e.StepFailed) and isinstance(exc.cause, BaseException):
+    # The errors whose report needs more than their message; none is a base of another.
+    if isinstance(exc, errors.StepFailed) and isinstance(exc.cause, BaseException):
         code, what, fix = classify(exc.cause, args)
         return (code if code != EXIT_USAGE else EXIT_RUNTIME), f"step {exc.step!r}: {what}", fix
-    if isinstance(exc, e.PipelineError):
+    if isinstance(exc, errors.PipelineError):
         problems = "; ".join(" ".join(p.split()) for p in exc.problems)
         fix = "fix the pipeline file or the inputs"
         if "input" in problems and "missing" in problems:
@@ -92,52 +121,15 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
         elif "not allowed" in problems:
             fix = "let `dspex run` import that code with --allow 'module:*' (or --allow module:function)"
         return EXIT_USAGE, f"pipeline problem: {problems}", fix
-    if isinstance(exc, e.SignatureError):
-        return EXIT_USAGE, f"malformed signature: {msg}", 'write it as "in1, in2: type -> out1: type"'
-    if isinstance(exc, e.TemplateError):
-        return EXIT_USAGE, f"bad template: {msg}", "fix the placeholder"
-    if isinstance(exc, e.ConfigError):
-        return (
-            EXIT_USAGE,
-            f"bad configuration: {msg}",
-            "fix dspex.toml / [tool.dspex] (`dspex doctor` shows which file)",
-        )
-    if isinstance(exc, e.LMAuthError):
-        return (
-            EXIT_ENV,
-            f"LM refused the credentials: {msg}",
-            "export the API key variable (--api-key-env NAME)",
-        )
-    if isinstance(exc, e.LMTransportError):
+    if isinstance(exc, errors.LMTransportError):
+        api_base = getattr(args, "api_base", None) if args is not None else None
         where = f" at {api_base}" if api_base else ""
         return (
             EXIT_ENV,
             f"LM endpoint unreachable{where}: {msg}",
             "start the server or pass the right --api-base / DSPEX_API_BASE (`dspex doctor` checks it)",
         )
-    if isinstance(exc, e.LMTimeout):
-        return EXIT_RUNTIME, f"LM timed out: {msg}", "raise --timeout or check the server's load"
-    if isinstance(exc, e.LMRateLimited):
-        return EXIT_RUNTIME, f"LM rate limit: {msg}", "retry later or raise --retries"
-    if isinstance(exc, e.ContextWindowExceeded):
-        return EXIT_RUNTIME, f"prompt too long: {msg}", "shorten the inputs or lower --max-tokens"
-    if isinstance(exc, e.LMError):
-        return (
-            EXIT_RUNTIME,
-            f"LM call failed: {msg}",
-            "check the model name and the server's log; --debug shows details",
-        )
-    if isinstance(exc, e.ParseError):
-        return (
-            EXIT_RUNTIME,
-            f"could not parse the LM reply: {msg}",
-            "try --cot, a stronger --lm, or rerun with --debug to see the raw reply",
-        )
-    if isinstance(exc, e.CheckFailed):
-        return EXIT_RUNTIME, f"output check failed: {msg}", "relax the check or use a stronger model"
-    if isinstance(exc, (e.ImplementationUnavailable, e.LocalModelError)):
-        return EXIT_ENV, msg, "run `dspex doctor` for the install commands"
-    if isinstance(exc, e.WorkerStartError):
+    if isinstance(exc, errors.WorkerStartError):
         # The message embeds the worker's whole stderr tail; its last line is the cause.
         head = str(exc).split("Its stderr ends with:")[0]
         tail = [ln for ln in str(getattr(exc, "stderr_tail", "") or "").splitlines() if ln.strip()]
@@ -147,12 +139,9 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
             f"pool workers did not start: {msg}",
             "check the pool's handlers/python in the config; `dspex pools --start NAME`",
         )
-    if isinstance(exc, e.PoolError):
-        return EXIT_RUNTIME, f"pool call failed: {msg}", "`dspex pools` shows the pools; --debug for details"
-    if isinstance(exc, e.RemoteError):
-        return EXIT_RUNTIME, f"worker raised {msg}", "rerun with --debug for the remote traceback"
-    if isinstance(exc, e.DspexError):
-        return EXIT_RUNTIME, msg, "rerun with --debug for details"
+    for classes, code, prefix, fix in _REPORTS:
+        if isinstance(exc, classes):
+            return code, prefix + msg, fix
     if isinstance(exc, ModuleNotFoundError):
         name = exc.name or msg
         if name.startswith("dspex"):
