@@ -358,6 +358,14 @@ def _fail(value: Any, what: str) -> Invalid:
     return Invalid(f"{text} is not a valid {what}")
 
 
+def _utf8(value: bytes | bytearray, what: str) -> str:
+    """Lax mode reads bytes as UTF-8 text; undecodable bytes are not a valid ``what``."""
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(value, what) from None
+
+
 def _v_any(value: Any, strict: bool) -> Any:
     return value
 
@@ -366,10 +374,7 @@ def _v_str(value: Any, strict: bool) -> Any:
     if isinstance(value, str):
         return value if type(value) is str else str(value)
     if not strict and isinstance(value, (bytes, bytearray)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            pass
+        return _utf8(value, "string")
     raise _fail(value, "string")
 
 
@@ -386,10 +391,7 @@ def _v_int(value: Any, strict: bool) -> Any:
             return int(value)
         raise _fail(value, "integer (it has a fractional part)")
     if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _fail(value, "integer") from None
+        value = _utf8(value, "integer")
     if isinstance(value, str):
         s = value.strip()
         if s.isascii() and _INT_TEXT.fullmatch(s):
@@ -408,10 +410,7 @@ def _v_float(value: Any, strict: bool) -> Any:
     if t is bool:
         return float(value)
     if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _fail(value, "number") from None
+        value = _utf8(value, "number")
     if isinstance(value, str):
         s = value.strip()
         if s.isascii() and _FLOAT_TEXT.fullmatch(s):
