@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SignatureError
@@ -163,9 +164,10 @@ class _TypeParser:
             open_pos = self.pos
             self.pos += 1
             if base is typing.Literal:
-                args = self.literal_args(open_pos)
+                args = self.bracket_list(open_pos, self.constant, "Literal needs at least one value")
             else:
-                args = self.type_args(open_pos, allow_ellipsis=base in _TUPLES)
+                item = self.tuple_arg if base in _TUPLES else self.type_arg
+                args = self.bracket_list(open_pos, item, "empty type arguments '[]'")
             return self.subscript(name, base, args, start)
         if base in _ONLY_SUBSCRIPTED:
             raise self.error(f"{name} needs type arguments, e.g. {name}[...]", start)
@@ -179,7 +181,8 @@ class _TypeParser:
             raise self.error(f"unexpected {self.spec[self.pos]!r} in type arguments, expected ',' or ']'")
         self.pos += 1
 
-    def type_args(self, open_pos: int, allow_ellipsis: bool) -> list[Any]:
+    def bracket_list(self, open_pos: int, item: Callable[[], Any], empty: str) -> list[Any]:
+        """Comma-separated ``item()``s up to the ']' closing the '[' at ``open_pos``."""
         args: list[Any] = []
         while True:
             self.skip_ws()
@@ -187,15 +190,10 @@ class _TypeParser:
                 raise self.error("unbalanced brackets: '[' is never closed", open_pos)
             if self.spec[self.pos] == "]":
                 if not args:
-                    raise self.error("empty type arguments '[]'", open_pos)
+                    raise self.error(empty, open_pos)
                 self.pos += 1
                 return args
-            if allow_ellipsis and self.spec.startswith("...", self.pos):
-                args.append(...)
-                self.pos += 3
-            else:
-                arg = self.union(allow_none=True)
-                args.append(NoneType if arg is None else arg)
+            args.append(item())
             self.skip_ws()
             if self.pos < self.end and self.spec[self.pos] == ",":
                 self.pos += 1
@@ -203,24 +201,15 @@ class _TypeParser:
             self.close(open_pos)
             return args
 
-    def literal_args(self, open_pos: int) -> list[Any]:
-        args: list[Any] = []
-        while True:
-            self.skip_ws()
-            if self.pos >= self.end:
-                raise self.error("unbalanced brackets: '[' is never closed", open_pos)
-            if self.spec[self.pos] == "]":
-                if not args:
-                    raise self.error("Literal needs at least one value", open_pos)
-                self.pos += 1
-                return args
-            args.append(self.constant())
-            self.skip_ws()
-            if self.pos < self.end and self.spec[self.pos] == ",":
-                self.pos += 1
-                continue
-            self.close(open_pos)
-            return args
+    def type_arg(self) -> Any:
+        arg = self.union(allow_none=True)
+        return NoneType if arg is None else arg
+
+    def tuple_arg(self) -> Any:
+        if self.spec.startswith("...", self.pos):
+            self.pos += 3
+            return ...
+        return self.type_arg()
 
     def constant(self) -> Any:
         spec, pos, end = self.spec, self.pos, self.end
