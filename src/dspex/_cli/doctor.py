@@ -83,15 +83,9 @@ def _installed_checks() -> list[Check]:
             pin="3.4.1",
         )
     )
-    server_mods = (
-        "llama_cpp",
-        "uvicorn",
-        "fastapi",
-        "sse_starlette",
-        "starlette_context",
-        "pydantic_settings",
-    )
-    missing = [m for m in server_mods if importlib.util.find_spec(m) is None]
+    from ..local.service import missing_server_modules
+
+    missing = missing_server_modules()
     if not missing:
         checks.append(
             Check(

@@ -133,8 +133,13 @@ def _check_gguf(p: Path) -> None:
         )
 
 
+def missing_server_modules() -> list[str]:
+    """The modules llama-cpp-python's server needs that are not installed (``dspex doctor`` too)."""
+    return [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+
+
 def _check_server_installed() -> None:
-    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    missing = missing_server_modules()
     if missing:
         raise LocalModelError(
             f"the embedded model needs llama-cpp-python's server ({', '.join(missing)} not installed): "
