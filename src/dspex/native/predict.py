@@ -282,16 +282,17 @@ class Predict:
         pred.set_lm_usage(usage)
         return pred
 
-    def _split(self, kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-        return kwargs.pop("lm", None), kwargs.pop("adapter", None), kwargs.pop("config", None), kwargs.pop("demos", None)
+    def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, _Program]:
+        """The LM and the sans-I/O program of one call; ``__call__`` and ``acall`` only do the I/O."""
+        if args:
+            raise TypeError(f"{self!r} takes keyword arguments only: {', '.join(self.signature.input_fields)}")
+        lm, adapter = self._resolve(kwargs.pop("lm", None), kwargs.pop("adapter", None))
+        config, demos = kwargs.pop("config", None), kwargs.pop("demos", None)
+        return lm, self._program(lm, adapter, kwargs, config, demos)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
         """``p(question=..., lm=None, adapter=None, config=None, demos=None) -> Prediction``."""
-        if args:
-            raise TypeError(f"{self!r} takes keyword arguments only: {', '.join(self.signature.input_fields)}")
-        lm, adapter, config, demos = self._split(kwargs)
-        lm, adapter = self._resolve(lm, adapter)
-        program = self._program(lm, adapter, kwargs, config, demos)
+        lm, program = self._start(args, kwargs)
         messages, overrides = next(program)
         while True:
             completion = lm.complete(messages, **overrides)
@@ -305,11 +306,7 @@ class Predict:
 
     async def acall(self, *args: Any, **kwargs: Any) -> Prediction:
         """Async call: the LM's ``acomplete`` (or its ``complete`` on a thread if it has none)."""
-        if args:
-            raise TypeError(f"{self!r} takes keyword arguments only: {', '.join(self.signature.input_fields)}")
-        lm, adapter, config, demos = self._split(kwargs)
-        lm, adapter = self._resolve(lm, adapter)
-        program = self._program(lm, adapter, kwargs, config, demos)
+        lm, program = self._start(args, kwargs)
         acomplete = getattr(lm, "acomplete", None)
         messages, overrides = next(program)
         while True:
