@@ -264,6 +264,14 @@ class Adapter:
     def parse(self, signature: Signature | str, completion: str) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _not_text(self, sig: Signature, completion: Any) -> ParseError:
+        return ParseError(
+            f"expected the LM reply as text, got {type(completion).__name__}",
+            raw=str(completion),
+            missing=list(sig.output_fields),
+            adapter=self.name,
+        )
+
     def _finish(self, sig: Signature, plan: _Plan, fields: dict[str, Any], completion: str) -> dict[str, Any]:
         if len(fields) == len(plan.outputs):
             return {n: fields[n] for n, _, _ in plan.outputs} if len(fields) > 1 else fields
@@ -303,12 +311,7 @@ class ChatAdapter(Adapter):
         sig = signature if type(signature) is Signature else ensure_signature(signature)
         plan = self._plan(sig)
         if not isinstance(completion, str):
-            raise ParseError(
-                f"expected the LM reply as text, got {type(completion).__name__}",
-                raw=str(completion),
-                missing=list(sig.output_fields),
-                adapter=self.name,
-            )
+            raise self._not_text(sig, completion)
         wanted = plan.output_names
         raw_sections: dict[str, list[str]] = {}
         current: list[str] | None = None  # lines of the section being read, None = ignored
@@ -364,12 +367,7 @@ class JSONAdapter(Adapter):
         sig = signature if type(signature) is Signature else ensure_signature(signature)
         plan = self._plan(sig)
         if not isinstance(completion, str):
-            raise ParseError(
-                f"expected the LM reply as text, got {type(completion).__name__}",
-                raw=str(completion),
-                missing=list(sig.output_fields),
-                adapter=self.name,
-            )
+            raise self._not_text(sig, completion)
         obj = _parse.loads_lenient(completion)
         if not isinstance(obj, dict):
             inner = _parse.balanced_object(completion)
