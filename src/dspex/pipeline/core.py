@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DspexError, PipelineError
 from . import otel
-from .runner import RunState, _wait_all, new_session_id, run_sync
+from .runner import RunState, _wait_all, _wait_fail_fast, new_session_id, run_sync
 from .steps import Branch, FanOut, Parallel, Step, WorkerStep, as_steps
 from .trace import Event, PipelineResult, RunFinished, RunStarted, Trace
 from .validation import Validation, validate
@@ -211,15 +211,7 @@ class Pipeline:
 
         tasks = [asyncio.ensure_future(one(item)) for item in inputs]
         try:
-            pending: set[asyncio.Future[Any]] = set(tasks)
-            while pending:
-                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
-                if failed:
-                    for t in pending:
-                        t.cancel()
-                    await _wait_all(list(pending))
-                    raise failed[0].exception()  # type: ignore[misc]
+            await _wait_fail_fast(tasks)
         except asyncio.CancelledError:
             for t in tasks:
                 t.cancel()

@@ -123,6 +123,19 @@ async def _wait_all(tasks: Sequence[asyncio.Future[Any]]) -> bool:
     return cancelled
 
 
+async def _wait_fail_fast(tasks: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every task; the first failure cancels the rest, waits for them and is raised."""
+    pending: set[asyncio.Future[Any]] = set(tasks)
+    while pending:
+        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        if failed:
+            for t in pending:
+                t.cancel()
+            await _wait_all(list(pending))
+            raise failed[0].exception()  # type: ignore[misc]
+
+
 class RunState:
     """Everything one run shares between its steps."""
 
@@ -302,15 +315,7 @@ class RunState:
         tasks = [asyncio.ensure_future(one(job)) for job in jobs]
         try:
             if fail_fast:
-                pending: set[asyncio.Future[Any]] = set(tasks)
-                while pending:
-                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                    failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
-                    if failed:
-                        for t in pending:
-                            t.cancel()
-                        await _wait_all(list(pending))
-                        raise failed[0].exception()  # type: ignore[misc]
+                await _wait_fail_fast(tasks)
             else:
                 await asyncio.wait(tasks)
                 errors: list[Exception] = []
