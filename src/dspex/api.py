@@ -45,6 +45,7 @@ from typing import Any
 
 from . import router
 from .errors import ImplementationUnavailable, ParseError, RemoteError
+from .native._memo import Memo
 from .settings import current, load_config
 
 __all__ = [
@@ -149,8 +150,7 @@ def _ann_str(ann: Any, custom: dict[str, str]) -> str:
     return "Any"
 
 
-_wire_cache: OrderedDict[Any, dict[str, Any]] = OrderedDict()
-_wire_lock = threading.Lock()
+_wires: Memo[dict[str, Any]] = Memo(256)
 
 
 def signature_wire(sig: Any) -> dict[str, Any]:
@@ -158,16 +158,7 @@ def signature_wire(sig: Any) -> dict[str, Any]:
 
     Cached per signature (signatures are immutable values); treat the result as read-only.
     """
-    with _wire_lock:
-        hit = _wire_cache.get(sig)
-    if hit is not None:
-        return hit
-    wire = _signature_wire(sig)
-    with _wire_lock:
-        _wire_cache[sig] = wire
-        while len(_wire_cache) > 256:
-            _wire_cache.popitem(last=False)
-    return wire
+    return _wires.get(sig, lambda: _signature_wire(sig))
 
 
 def _signature_wire(sig: Any) -> dict[str, Any]:
@@ -884,24 +875,13 @@ async def optimize_events(program: Any, trainset: Iterable[Any], **kwargs: Any) 
 
 # --------------------------------------------------------------------------- retrieve
 
-_bm25_cache: OrderedDict[str, Any] = OrderedDict()
-_bm25_lock = threading.Lock()
+_bm25s: Memo[Any] = Memo(8)
 
 
 def _bm25(name: str) -> Any:
     from .native.retrieve import BM25
 
-    with _bm25_lock:
-        index = _bm25_cache.get(name)
-        if index is not None:
-            _bm25_cache.move_to_end(name)
-            return index
-    index = BM25.from_path(name)
-    with _bm25_lock:
-        _bm25_cache[name] = index
-        while len(_bm25_cache) > 8:
-            _bm25_cache.popitem(last=False)
-    return index
+    return _bm25s.get(name, lambda: BM25.from_path(name))
 
 
 def _source(source: Any) -> tuple[str, Any]:

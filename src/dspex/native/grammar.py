@@ -25,22 +25,20 @@ from __future__ import annotations
 import enum
 import json
 import re
-import threading
 import types
 import typing
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
+
+from ._memo import Memo
 
 __all__ = ["DEFAULT_MAX_CHARS", "DEFAULT_MAX_ITEMS", "gbnf_for", "gbnf_literal"]
 
 DEFAULT_MAX_CHARS = 600  # per free-text field; two of them fit in 512 tokens
 DEFAULT_MAX_ITEMS = 16  # per JSON array / object
 _JSON_STR_CHARS = 200  # per string inside JSON values
-_CACHE_SIZE = 512
 
-_cache: OrderedDict[Any, str] = OrderedDict()
-_cache_lock = threading.Lock()
+_grammars: Memo[str] = Memo(512)
 
 
 def gbnf_literal(text: str) -> str:
@@ -136,17 +134,7 @@ def gbnf_for(
         hash(key)
     except TypeError:  # an unhashable annotation: key on its repr
         key = (kind, max_chars, max_items, tuple((n, repr(a)) for n, a in fields))
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            _cache.move_to_end(key)
-            return hit
-    grammar = _Builder(max_chars, max_items).build(fields, kind)
-    with _cache_lock:
-        _cache[key] = grammar
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return grammar
+    return _grammars.get(key, lambda: _Builder(max_chars, max_items).build(fields, kind))
 
 
 def _item_chars(max_chars: int) -> int:
