@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DspexError, PipelineError
 from . import otel
-from .runner import RunState, _wait_all, _wait_fail_fast, new_session_id, run_sync
+from .runner import RunState, _cancel_all, _wait_fail_fast, new_session_id, run_sync
 from .steps import Branch, FanOut, Parallel, Step, WorkerStep, as_steps
 from .trace import Event, PipelineResult, RunFinished, RunStarted, Trace
 from .validation import Validation, validate
@@ -213,9 +213,7 @@ class Pipeline:
         try:
             await _wait_fail_fast(tasks)
         except asyncio.CancelledError:
-            for t in tasks:
-                t.cancel()
-            await _wait_all(tasks)
+            await _cancel_all(tasks)
             raise
         return [t.result() for t in tasks]
 
@@ -256,9 +254,7 @@ class Pipeline:
                 yield event
             task.result()
         finally:
-            if not task.done():
-                task.cancel()
-                await _wait_all([task])
+            await _cancel_all([task])
 
     def stream(
         self,

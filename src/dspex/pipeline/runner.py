@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import settings
@@ -110,17 +110,17 @@ def _usage_dict(usage: settings.Usage) -> dict[str, Any]:
     return {k: d[k] for k in ("prompt_tokens", "completion_tokens", "calls", "cost", "by_model") if d.get(k)}
 
 
-async def _wait_all(tasks: Sequence[asyncio.Future[Any]]) -> bool:
-    """Wait until every task is done, even if we get cancelled meanwhile; True if we were."""
-    cancelled = False
+async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one is done, even if we get cancelled meanwhile."""
     pending = [t for t in tasks if not t.done()]
+    for t in pending:
+        t.cancel()
     while pending:
         try:
             await asyncio.wait(pending)
         except asyncio.CancelledError:
-            cancelled = True
+            pass
         pending = [t for t in pending if not t.done()]
-    return cancelled
 
 
 async def _wait_fail_fast(tasks: Sequence[asyncio.Future[Any]]) -> None:
@@ -130,9 +130,7 @@ async def _wait_fail_fast(tasks: Sequence[asyncio.Future[Any]]) -> None:
         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
         failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
         if failed:
-            for t in pending:
-                t.cancel()
-            await _wait_all(list(pending))
+            await _cancel_all(pending)
             raise failed[0].exception()  # type: ignore[misc]
 
 
@@ -329,9 +327,7 @@ class RunState:
                     group = path.rsplit("/", 1)[-1]
                     raise StepFailed(group, ExceptionGroup(f"{len(errors)} steps of {group!r} failed", errors))
         except asyncio.CancelledError:
-            for t in tasks:
-                t.cancel()
-            await _wait_all(tasks)
+            await _cancel_all(tasks)
             raise
         return [t.result() for t in tasks]
 
