@@ -551,8 +551,6 @@ def native(
 
 
 # --- worker --------------------------------------------------------------------------
-_COMMON = ("timeout", "retries", "backoff", "fallback", "cache")
-
 
 class WorkerStep(Step):
     """A step run in a worker process of a pool. See ``worker()``."""
