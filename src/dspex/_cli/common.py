@@ -306,9 +306,7 @@ def lm_from_args(args: argparse.Namespace) -> Any:
         )
     from .. import LM
 
-    if hasattr(LM, "from_spec"):
-        return LM.from_spec(spec)
-    return LM(spec.pop("model"), **spec)
+    return LM.from_spec(spec)
 
 
 def lm_label(lm: Any) -> str:

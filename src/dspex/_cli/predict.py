@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 from .common import (
-    EnvironmentProblem,
     UsageError,
     emit_json,
     lm_from_args,
@@ -49,73 +48,31 @@ def collect_inputs(sig: Any, pairs: list[str], input_json: str | None) -> dict[s
     return inputs
 
 
-def _operations(impl: str | None) -> tuple[Any, Any, Any, Any]:
-    """(signature, predict, chain_of_thought, explain) from the router-backed API, else native.
-
-    ``predict(sig, inputs, **kw)`` and ``chain_of_thought(sig, inputs, **kw)`` both return a
-    prediction. The native fallback serves ``--impl auto|native`` when ``dspex.api`` is not
-    part of this install; ``--impl dspy`` needs the API (it routes to a worker pool).
-    """
-    try:
-        from .. import api
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("dspex"):
-            raise
-        if impl == "dspy":
-            raise EnvironmentProblem(
-                "--impl dspy needs dspex.api, which this install lacks",
-                "reinstall dspex, or use --impl native",
-            ) from None
-    else:
-
-        def cot(sig: Any, inputs: dict[str, Any], **kw: Any) -> Any:
-            return api.chain_of_thought(sig, **kw)(**inputs)
-
-        def explain(op: str, sig: Any) -> Any:
-            try:
-                return api.explain(op, sig, impl=impl)
-            except Exception:  # explaining is best effort; the call itself reports real errors
-                return None
-
-        return api.signature, api.predict, cot, explain
-
-    from ..native.predict import ChainOfThought, Predict
-    from ..native.signature import signature
-
-    def predict(sig: Any, inputs: dict[str, Any], lm: Any = None, **_: Any) -> Any:
-        return Predict(sig)(**inputs, lm=lm)
-
-    def chain_of_thought(sig: Any, inputs: dict[str, Any], lm: Any = None, **_: Any) -> Any:
-        return ChainOfThought(sig)(**inputs, lm=lm)
-
-    return signature, predict, chain_of_thought, lambda op, sig: None
-
-
 def run(args: argparse.Namespace) -> int:
-    import dspex
+    from .. import api, context
 
-    make_signature, predict, chain_of_thought, explain = _operations(args.impl)
-    sig = (
-        make_signature(args.signature, instructions=args.instructions)
-        if args.instructions
-        else make_signature(args.signature)
-    )
+    sig = api.signature(args.signature, instructions=args.instructions)
     inputs = collect_inputs(sig, args.inputs, args.input_json)
     lm = lm_from_args(args)
-    op = chain_of_thought if args.cot else predict
     kwargs: dict[str, Any] = {}
     if args.impl:
         kwargs["impl"] = args.impl
     if lm is not None:
         kwargs["lm"] = lm
-    with dspex.context() as usage:
-        prediction = op(sig, inputs, **kwargs)
+    with context() as usage:
+        if args.cot:
+            prediction = api.chain_of_thought(sig, **kwargs)(**inputs)
+        else:
+            prediction = api.predict(sig, inputs, **kwargs)
     outputs = _outputs(prediction, sig, cot=args.cot)
     if args.json:
-        decision = explain("chain_of_thought" if args.cot else "predict", sig)
+        try:
+            decision = api.explain("chain_of_thought" if args.cot else "predict", sig, impl=args.impl)
+        except Exception:  # explaining is best effort; the call itself reports real errors
+            decision = None
         emit_json(
             {
-                "signature": sig.to_string() if hasattr(sig, "to_string") else args.signature,
+                "signature": sig.to_string(),
                 "inputs": inputs,
                 "outputs": outputs,
                 "impl": getattr(decision, "impl", None)

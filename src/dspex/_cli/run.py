@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = pipe.run(inputs, lm=lm)
     data = dict(result)
     outputs = {k: v for k, v in data.items() if k not in inputs}
-    trace = getattr(result, "trace", None)
-    trace_doc = trace.as_dict() if trace is not None and hasattr(trace, "as_dict") else None
+    trace = result.trace
     if args.json:
         emit_json(
             {
@@ -71,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
                 "inputs": inputs,
                 "outputs": outputs,
                 "result": data,
-                "trace": trace_doc,
-                "usage": getattr(trace, "usage", None),
+                "trace": trace.as_dict(),
+                "usage": trace.usage,
                 "lm": lm_label(lm),
             }
         )
         return 0
     print_fields(to_jsonable(outputs))
-    if args.trace and trace is not None:
-        sys.stdout.write("\n" + (trace.table() if hasattr(trace, "table") else str(trace_doc)) + "\n")
+    if args.trace:
+        sys.stdout.write("\n" + trace.table() + "\n")
     return 0
 
 
