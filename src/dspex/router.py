@@ -39,9 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import settings as _settings
 from .errors import ConfigError, ImplementationUnavailable
-from .settings import current, load_config
+from .settings import current, shared_config
 
 __all__ = [
     "IMPLS",
@@ -169,24 +168,9 @@ def worker_registry() -> dict[str, WorkerEntry]:
 
 # --------------------------------------------------------------------------- policy
 
-_cfg_lock = threading.Lock()
-_cfg_cache: tuple[object, dict[str, Any]] | None = None
-
-
 def _config() -> dict[str, Any]:
-    """``load_config()`` without its deep copy on every routed call (read-only use here).
-
-    Re-read whenever settings drops or replaces its cached config (``reset_config()``).
-    """
-    global _cfg_cache
-    src = _settings._config
-    cached = _cfg_cache
-    if src is not None and cached is not None and cached[0] is src:
-        return cached[1]
-    conf = load_config()
-    with _cfg_lock:
-        _cfg_cache = (_settings._config, conf)
-    return conf
+    """The config without a deep copy on every routed call (read-only use here)."""
+    return shared_config()[1]
 
 
 _dspy_lock = threading.Lock()
@@ -270,7 +254,7 @@ def _dspy_status(op: str) -> tuple[bool, str]:
 
 
 _decisions: dict[Any, Decision] = {}
-_decisions_src: list[Any] = [None]  # the config object the memo was built under (held, so never reused)
+_decisions_src: list[Any] = [None]  # the config version the memo was built under
 _DECISIONS_MAX = 1024
 
 
@@ -280,9 +264,10 @@ def decide(op: str, sig: Any = None, *, impl: str | None = None, **opts: Any) ->
     Decisions are memoised per (op, signature, impl, options, context impl, config):
     the same request routes the same way until the config is reloaded.
     """
-    if _settings._config is not _decisions_src[0] or _settings._config is None:
+    version = shared_config()[0]
+    if version != _decisions_src[0]:
         _decisions.clear()  # config loaded, reloaded or reset: decide everything afresh
-        _decisions_src[0] = _settings._config
+        _decisions_src[0] = version
     try:
         key: Any = (op, sig, impl, current().impl, tuple(sorted(opts.items())))
         hash(key)

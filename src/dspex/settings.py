@@ -35,6 +35,7 @@ __all__ = [
     "current",
     "load_config",
     "reset_config",
+    "shared_config",
 ]
 
 # The defaults every config is merged over. Pools are started lazily, on first use.
@@ -61,10 +62,13 @@ DEFAULTS: dict[str, Any] = {
         },
     },
     "local": {"enabled": True, "host": "127.0.0.1", "port": 0, "n_ctx": 2048},
+    # dspex.retrieve() without source=: "bm25:<corpus>", "dense:<corpus>", "colbert:<url>"
+    "retrieve": {"source": "bm25:solar_system"},
 }
 
 _config_lock = threading.Lock()
 _config: dict[str, Any] | None = None
+_config_version = 0  # bumped whenever the cached config is replaced or dropped
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +138,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, reload: bool = Fa
     ``dspex.toml`` / ``pyproject.toml [tool.dspex]`` from the working directory.
     The result is cached per process unless ``path`` or ``reload`` is given.
     """
-    global _config
+    global _config, _config_version
     with _config_lock:
         if _config is not None and path is None and not reload:
             return copy.deepcopy(_config)
@@ -155,14 +159,32 @@ def load_config(path: str | os.PathLike[str] | None = None, *, reload: bool = Fa
             raise ConfigError(f"router.impl must be 'auto', 'native' or 'dspy', not {impl!r}")
         if path is None:
             _config = merged
+            _config_version += 1
         return copy.deepcopy(merged)
+
+
+def shared_config() -> tuple[int, dict[str, Any]]:
+    """``(version, config)`` without the deep copy: for hot paths that only read it.
+
+    Never mutate the returned dict. ``version`` changes whenever the cached config
+    is reloaded or reset, so callers can key their own caches on it.
+    """
+    if _config is None:
+        load_config()
+    with _config_lock:
+        conf = _config
+        version = _config_version
+    if conf is None:  # reset between the two steps above: load again
+        return shared_config()
+    return version, conf
 
 
 def reset_config() -> None:
     """Forget the cached configuration (tests, or after changing the working directory)."""
-    global _config
+    global _config, _config_version
     with _config_lock:
         _config = None
+        _config_version += 1
 
 
 @dataclass
