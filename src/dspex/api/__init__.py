@@ -1,0 +1,77 @@
+"""The implementation-agnostic API: one set of operations, routed native or DSPy per call.
+
+    sig = dspex.signature("question -> answer: int")
+    dspex.predict(sig, {"question": "6*7?"})                      # one Prediction
+    cot = dspex.chain_of_thought(sig, impl="dspy")                # a module: call with inputs
+    cot(question="6*7?").answer                                   # 42 (an int, either way)
+    agent = dspex.react("question -> answer", tools=[search, add])
+    optimized = dspex.optimize(dspex.Predict(sig), trainset, optimizer="miprov2", metric=exact)
+    dspex.retrieve("moons of mars", k=3, source="bm25:solar_system")
+    print(dspex.explain("predict", sig, adapter="xml"))           # where, and why
+
+Where a call runs is decided by :mod:`dspex.router` (``impl="auto"|"native"|"dspy"``;
+defaults from ``dspex.context(impl=...)`` and config ``[router]`` / ``[router.ops]``).
+The DSPy side runs in worker pools (``dspy`` for modules, ``optimizer`` for
+optimizers) through the bridge handlers; pass ``pool=`` (a Pool or a
+PoolManager) or ``dspex.context(pools={"dspy": pool, ...})`` to choose the pools.
+Results come back as dspex ``Prediction`` objects with the same types as native.
+
+Retrieval sources (``source=``):
+
+* ``"bm25:<name or path>"`` (default ``bm25:solar_system``, the shipped corpus):
+  native BM25 in process; also a ``BM25`` object, any object with
+  ``.search(query, k)``, a callable ``(query, k)``, or a list of passages;
+* ``"colbert:<url>"``: a ColBERTv2-protocol server (e.g.
+  ``dspex.native.colbert_server.ColBERTv2Server``), queried natively over HTTP, or
+  with ``dspy.ColBERTv2`` in a worker when ``impl="dspy"``;
+* ``"dense:<name or path>"``: ``dspy.retrievers.Embeddings`` in a worker with a
+  local embedder (``embedder="hash"`` default, ``"minilm"`` when installed).
+
+Modules, one job each (all private; import from ``dspex.api``):
+
+* ``_signatures``: ``signature``, ``compile_signature``;
+* ``_predict``: ``predict``/``apredict`` and a predictor op's two forms (native module,
+  worker payload);
+* ``_predictor``: the reusable handles ``predictor``, ``chain_of_thought``, ``react``;
+* ``_worker_module``: :class:`WorkerModule`, a DSPy module in a worker session;
+* ``_tools``: host functions as worker tools (``tool_spec``, callbacks);
+* ``_optimize``: ``optimize``/``aoptimize``/``optimize_events``, :class:`OptimizeResult`;
+* ``_retrieve``: ``retrieve``/``aretrieve`` and the ``source=`` forms;
+* ``_introspect``: ``explain``, ``router_stats``;
+* ``_wire`` (what travels to a worker), ``_results`` (what comes back), ``_pools``
+  (which pool runs a call): shared by the above.
+"""
+
+from __future__ import annotations
+
+from ._introspect import explain, router_stats
+from ._optimize import OptimizeResult, aoptimize, optimize, optimize_events
+from ._predict import _observe as _observe  # the worker-handler choice, read by tests/bridge
+from ._predict import _run_handler as _run_handler
+from ._predict import apredict, predict
+from ._predictor import chain_of_thought, predictor, react
+from ._retrieve import aretrieve, retrieve
+from ._signatures import compile_signature, signature
+from ._tools import tool_spec
+from ._wire import signature_wire as signature_wire  # the bridge's signature wire form
+from ._worker_module import WorkerModule
+
+__all__ = [
+    "OptimizeResult",
+    "WorkerModule",
+    "aoptimize",
+    "apredict",
+    "aretrieve",
+    "chain_of_thought",
+    "compile_signature",
+    "explain",
+    "optimize",
+    "optimize_events",
+    "predict",
+    "predictor",
+    "react",
+    "retrieve",
+    "router_stats",
+    "signature",
+    "tool_spec",
+]

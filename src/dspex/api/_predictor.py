@@ -1,0 +1,49 @@
+"""Reusable predictor handles: ``predictor``, ``chain_of_thought``, ``react``; a native
+Predict/ChainOfThought when the router picks native, else a :class:`WorkerModule`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .. import router
+from ._predict import _native_module
+from ._wire import _op_of, _sig
+from ._worker_module import WorkerModule
+
+
+def predictor(type: str = "predict", signature: Any = None, /, *, impl: str | None = None, lm: Any = None,
+              adapter: Any = None, pool: Any = None, tools: Iterable[Callable[..., Any]] | None = None,
+              **config: Any) -> Any:
+    """A reusable predictor handle: native ``Predict``/``ChainOfThought`` when the router picks
+    native, else a :class:`WorkerModule` (a DSPy module in a worker session)."""
+    op = _op_of(type)
+    if signature is None:
+        signature = config.pop("signature", None)
+    if signature is None:
+        raise TypeError("predictor() needs a signature")
+    s = _sig(signature)
+    opts = dict(config)
+    if tools is not None:
+        opts["tools"] = tools
+    d = router.decide(op, s, impl=impl, adapter=adapter, **opts)
+    if d.impl == "native":
+        return _native_module(op, s, lm, adapter, config)
+    return WorkerModule(op, s, lm=lm, adapter=adapter, pool=pool, tools=tools, **config)
+
+
+def chain_of_thought(sig: Any, *, impl: str | None = None, lm: Any = None, adapter: Any = None, pool: Any = None,
+                     **config: Any) -> Any:
+    """A ChainOfThought module (native or DSPy); call it with inputs as keyword arguments."""
+    return predictor("chain_of_thought", sig, impl=impl, lm=lm, adapter=adapter, pool=pool, **config)
+
+
+def react(sig: Any, tools: Iterable[Callable[..., Any]] = (), *, impl: str | None = None, lm: Any = None,
+          adapter: Any = None, pool: Any = None, max_iters: int = 10, **config: Any) -> Any:
+    """A ReAct agent (DSPy, in a worker) whose ``tools`` are host functions called back.
+
+    A tool that raises becomes an observation (``Execution error in <tool>: ...``), as
+    in DSPy. The prediction carries ``trajectory``.
+    """
+    return predictor("react", sig, impl=impl, lm=lm, adapter=adapter, pool=pool, tools=list(tools),
+                     max_iters=max_iters, **config)
