@@ -346,12 +346,13 @@ def test_session_store_is_bounded() -> None:
 def test_start_timeout(tmp_path: Path) -> None:
     slow = tmp_path / "slow_handlers.py"
     slow.write_text("import sys, time\nprint('importing slowly', file=sys.stderr, flush=True)\ntime.sleep(60)\n")
-    p = Pool("slow", 1, handlers=[str(slow)], start_timeout_s=1.0, backoff_base_s=5.0, forward_stderr=False)
+    # 5 s leaves a loaded machine time to start the template and print; the import sleeps 60 s
+    p = Pool("slow", 1, handlers=[str(slow)], start_timeout_s=5.0, backoff_base_s=5.0, forward_stderr=False)
     try:
         t0 = time.monotonic()
         with pytest.raises(WorkerStartError) as ei:
             p.start()
-        assert time.monotonic() - t0 < 30
+        assert time.monotonic() - t0 < 55  # gave up at its deadline, did not wait for the import
         assert "importing slowly" in ei.value.stderr_tail
     finally:
         p.close()
