@@ -18,23 +18,10 @@ from dspex.errors import ConfigError, WorkerStartError
 from dspex.pool import Pool, PoolManager, set_default_manager
 
 from .util import H, busy_pid, full_size, wait_for
+from .util import bg as _bg
 
 HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.timeout(120)
-
-
-def _bg(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn(*args, **kwargs)
-        except BaseException as exc:
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def _at_once(n: int, fn: Any) -> list[Any]:

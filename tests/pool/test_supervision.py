@@ -29,22 +29,9 @@ from dspex.errors import (
 from dspex.pool import Pool
 
 from .util import H, alive, busy_pid, full_size, wait_for
+from .util import bg as _bg
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _bg(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn(*args, **kwargs)
-        except BaseException as exc:
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def test_kill9_busy_worker_fails_only_its_call_and_queued_calls_complete() -> None:

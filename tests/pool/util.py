@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dspex.pool import Pool
 
@@ -36,3 +38,18 @@ def busy_pid(p: Pool) -> int:
 
 def full_size(p: Pool) -> bool:
     return len(p.workers()) == p.size and all(w["state"] == "ready" for w in p.stats()["workers"])
+
+
+def bg(fn: Any, *args: Any, **kwargs: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``fn`` in a daemon thread; the dict gets its ``value`` or ``error`` when it ends."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as exc:
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
