@@ -382,24 +382,10 @@ class _WorkerIO(_PoolState):
             return
         except OSError:
             data = b""
-        tail = owner.err_tail if owner is not None else self._zerr_tail
         if not data:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                self._ep.unregister(fd)
-            self._fdmap.pop(fd, None)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            if owner is not None:
-                owner.err_fd = -1
-            else:
-                self._zerr_fd = -1
-            return
-        tail += data
-        if len(tail) > 16384:
-            del tail[:-8192]
-        if self.forward_stderr:
-            with contextlib.suppress(OSError):
-                os.write(2, data)
+            self._on_stderr_eof(fd, owner)
+        else:
+            self._keep_stderr(owner, data)
 
     def _drain_stderr(self, fd: int, owner: Any) -> None:
         for _ in range(64):
@@ -414,13 +400,17 @@ class _WorkerIO(_PoolState):
             if not data:
                 self._on_stderr_eof(fd, owner)
                 return
-            tail = owner.err_tail if owner is not None else self._zerr_tail
-            tail += data
-            if len(tail) > 16384:
-                del tail[:-8192]
-            if self.forward_stderr:
-                with contextlib.suppress(OSError):
-                    os.write(2, data)
+            self._keep_stderr(owner, data)
+
+    def _keep_stderr(self, owner: Any, data: bytes) -> None:
+        """Append to the bounded stderr tail (worker's, or the template's) and forward it."""
+        tail = owner.err_tail if owner is not None else self._zerr_tail
+        tail += data
+        if len(tail) > 16384:
+            del tail[:-8192]
+        if self.forward_stderr:
+            with contextlib.suppress(OSError):
+                os.write(2, data)
 
     def _on_stderr_eof(self, fd: int, owner: Any) -> None:
         with contextlib.suppress(OSError, ValueError, KeyError):
