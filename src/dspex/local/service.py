@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from ..errors import LocalModelError
 
 __all__ = [
+    "LM_MODEL",
     "MODEL_ALIAS",
     "MODEL_FILE",
     "LocalModelService",
