@@ -94,13 +94,6 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return value
 
 
-def _ready(pool: Any) -> Any:
-    start = getattr(pool, "start", None)
-    if callable(start):
-        start()
-    return pool
-
-
 def _retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retryable", False))
 
@@ -405,10 +398,9 @@ class RunState:
                     from ..pool import manager as default_manager
 
                     manager = default_manager()
-                # may start the pool's processes: keep the loop free meanwhile. start() again:
-                # it is idempotent and waits until the workers are ready, which get() does
-                # not when another thread started the same pool a moment earlier.
-                pool = await asyncio.to_thread(lambda: _ready(manager.get(ref)))
+                # may start the pool's processes (get() returns only a started pool,
+                # waiting for another thread's start): keep the loop free meanwhile
+                pool = await asyncio.to_thread(manager.get, ref)
             self._pools[ref] = pool
         return pool
 
