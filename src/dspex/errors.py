@@ -225,13 +225,19 @@ class RemoteError(DspexError):
     """A handler raised inside a worker (or a host callback raised for a worker).
 
     ``remote_type`` is the qualified name of the original exception type and
-    ``remote_traceback`` its formatted traceback text.
+    ``remote_traceback`` its formatted traceback text. ``code`` / ``detail`` are the
+    structured part of the error frame (``detail["code"]``), set when the handler tagged
+    its exception (see ``dspex.pool.protocol``); ``None`` otherwise.
     """
 
-    def __init__(self, remote_type: str, message: str, remote_traceback: str = ""):
+    def __init__(
+        self, remote_type: str, message: str, remote_traceback: str = "", *, detail: dict[str, Any] | None = None
+    ):
         self.remote_type = remote_type
         self.remote_message = message
         self.remote_traceback = remote_traceback
+        self.detail = detail
+        self.code: str | None = None if detail is None else str(detail.get("code"))
         super().__init__(f"{remote_type}: {message}")
 
 

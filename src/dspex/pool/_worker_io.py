@@ -314,9 +314,10 @@ class _WorkerIO(_PoolState):
             self._send_pumped(out)
 
     def _error_from(self, w: _Worker, call: _Call, m: list[Any]) -> BaseException:
-        _, _rid, code, rtype, message, tb = m
+        _, _rid, code, rtype, message, tb = m[:6]
+        detail = m[6] if len(m) > 6 and isinstance(m[6], dict) else None
         if code == P.E_REMOTE:
-            return RemoteError(str(rtype), str(message), str(tb))
+            return RemoteError(str(rtype), str(message), str(tb), detail=detail)
         if code == P.E_NOT_FOUND:
             return HandlerNotFound(
                 f"pool {self.name!r}: worker {w.pid} has no handler {call.name!r}", pool=self.name, handler=call.name

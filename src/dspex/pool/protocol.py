@@ -47,7 +47,7 @@ CREDIT = 5  # [CREDIT, rid, n]: the stream's consumer took n chunks; n more may 
 # worker -> host
 READY = 10  # [READY, pid, info]
 RESULT = 11  # [RESULT, rid, value]
-ERROR = 12  # [ERROR, rid, code, type, message, traceback]
+ERROR = 12  # [ERROR, rid, code, type, message, traceback, detail?]; detail: dict | None (see below)
 CHUNK = 13  # [CHUNK, rid, value]
 EVENT = 14  # [EVENT, rid, event]
 CALLBACK = 15  # [CALLBACK, rid, cbid, name, args, kwargs]
@@ -67,7 +67,10 @@ STREAM_WINDOW = 64
 F_EVENTS = 1  # the caller has on_event: send progress events
 F_STREAM = 2  # the caller streams: send chunks as they come
 
-# ERROR codes
+# ERROR codes. A handler's exception may carry ``wire_code: str`` and ``wire_detail: dict``
+# (msgpack-able); the worker sends them as the optional 7th element ``{"code": ..., **detail}``
+# and the host exposes them as ``RemoteError.code`` / ``RemoteError.detail``, so errors are
+# recognised by code, never by parsing message text.
 E_REMOTE = 0  # the handler raised
 E_NOT_FOUND = 1  # no such handler
 E_CANCELLED = 2  # cancelled at the host's request

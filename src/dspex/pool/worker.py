@@ -180,6 +180,20 @@ def _type_name(exc: BaseException) -> str:
     return t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
 
 
+def wire_detail(exc: BaseException) -> dict[str, Any] | None:
+    """The structured part of an error frame: ``{"code": exc.wire_code, **exc.wire_detail}``.
+
+    Handlers (the DSPy bridge) tag the exceptions they raise so that the host maps them
+    to dspex error types by code; untagged exceptions send ``None``."""
+    code = getattr(exc, "wire_code", None)
+    if not isinstance(code, str):
+        return None
+    detail = getattr(exc, "wire_detail", None)
+    out: dict[str, Any] = dict(detail) if isinstance(detail, dict) else {}
+    out["code"] = code
+    return out
+
+
 def load_modules(names: list[str]) -> None:
     """Import modules by name, or by file path (``/x/handlers.py``)."""
     for name in names:
@@ -303,7 +317,7 @@ class WorkerRuntime:
 
     def send_error(self, rid: int, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.send([P.ERROR, rid, P.E_REMOTE, _type_name(exc), str(exc), tb])
+        self.send([P.ERROR, rid, P.E_REMOTE, _type_name(exc), str(exc), tb, wire_detail(exc)])
 
     def send_cancelled(self, rid: int) -> None:
         self.send([P.ERROR, rid, P.E_CANCELLED, "Cancelled", "cancelled by the host", ""])
