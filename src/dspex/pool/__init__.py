@@ -18,7 +18,9 @@ Modules. Host side (``Pool`` is one class assembled from the ``_`` parts):
   manager.py      ``PoolManager``: named pools from config, the default manager
   sessions.py     the session store (worker binding, cap, TTL); stats.py: latency quantiles
 Both sides: protocol.py (frames, codec, message kinds).
-Worker side (stdlib + msgpack only): worker.py (template and worker processes),
+Worker side (stdlib + msgpack only): worker.py (entry point), _zygote.py (the template:
+imports once, forks and reaps workers and what they leave behind), _runtime.py (a worker
+serving its connection), _procsafe.py (leave with the host, kill descendants),
 handler.py (``@handler``, ``Context``).
 """
 

@@ -45,13 +45,13 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
 from dspex.errors import PoolClosed, PoolError, WorkerStartError
-from dspex.pool import worker as _worker_mod
+from dspex.pool import _procsafe
 from dspex.pool._call import _DONE, _STREAM_END, CallResult, _CallerSide, _deliver_event, _Event, _finish
 from dspex.pool._dispatch import _Dispatch
+from dspex.pool._procsafe import ALLOW_NESTED_ENV, WORKER_ENV
 from dspex.pool._supervisor import _read_rss_kb, _Supervisor, _tail
 from dspex.pool._template import _Template
 from dspex.pool._worker_io import _EP_IN, _STATE_NAMES, DEAD, DRAINING, READY, RETIRING, _WorkerIO
-from dspex.pool.worker import ALLOW_NESTED_ENV, WORKER_ENV
 
 __all__ = ["CallResult", "Pool"]
 
@@ -60,7 +60,7 @@ def _refuse_nested(name: str) -> None:
     """A Pool started in a template/worker (or a process one started) is almost always
     the host's program re-run there (a script without a main guard): a fork bomb."""
     where = os.environ.get(WORKER_ENV)
-    if not (where or _worker_mod.IN_WORKER) or os.environ.get(ALLOW_NESTED_ENV) == "1":
+    if not (where or _procsafe.IN_WORKER) or os.environ.get(ALLOW_NESTED_ENV) == "1":
         return
     pool, _, pid = (where or "?:?").partition(":")
     raise PoolError(

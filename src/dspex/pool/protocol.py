@@ -51,6 +51,7 @@ ERROR = 12  # [ERROR, rid, code, type, message, traceback, detail?]; detail: dic
 CHUNK = 13  # [CHUNK, rid, value]
 EVENT = 14  # [EVENT, rid, event]
 CALLBACK = 15  # [CALLBACK, rid, cbid, name, args, kwargs]
+LIMIT = 16  # [LIMIT, what, value]: the worker passed a limit ("max_rss_mb"); route no more calls to it
 # host <-> template (zygote), over a SOCK_SEQPACKET control socket, no length prefix
 Z_FORK = 20  # [Z_FORK, token] + fds (worker socket, stderr write end)
 Z_KILL = 21  # [Z_KILL, pid, signal]
