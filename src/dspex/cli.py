@@ -6,6 +6,7 @@
     dspex pools                                                   configured pools and metrics
     dspex lm serve|status|stop                                    the embedded local model
     dspex doctor                                                  what is installed, what runs, fixes
+    dspex serve [serve.toml] --program qa=qa.json ...             programs and pipelines over HTTP
     dspex bench [--quick] [name...]                               the benchmarks in bench/
 
 Output is for humans by default; ``--json`` prints exactly one JSON document on
@@ -223,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-network", action="store_true", help="skip the reachability check of the configured LM"
     )
+
+    # serve
+    p = add("serve", "serve programs and pipelines over HTTP (needs dspex[serve])")
+    from ._cli.serve import add_arguments as _serve_arguments
+
+    _serve_arguments(p)
+    _add_lm_flags(p)
 
     # bench
     p = add(

@@ -1,0 +1,354 @@
+"""What an endpoint runs: a saved program, an imported object, a pool handler, a pipeline.
+
+Every kind becomes a ``Target`` with the same surface: the input and output fields (for
+the OpenAPI schema and the 422 checks), ``prepare()`` (start the pools it needs; the
+service is ready when every target is prepared) and ``call(inputs, session, emit)``
+returning ``(outputs, trace rows)``. ``emit`` receives pipeline events while a run goes.
+Everything runs on the server's event loop; sync callables run on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import importlib
+import inspect
+import os
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from .config import EndpointConfig
+
+__all__ = ["FieldInfo", "Target", "build_target"]
+
+Emit = Callable[[Any], None]
+TraceRows = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    annotation: Any = None
+    desc: str = ""
+
+
+def _fields(sig_fields: Mapping[str, Any]) -> dict[str, FieldInfo]:
+    return {n: FieldInfo(n, f.annotation, getattr(f, "desc", "") or "") for n, f in sig_fields.items()}
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _row(step: str, kind: str, where: str, pid: int | None, seconds: float, usage: Any = None) -> dict[str, Any]:
+    tokens = 0
+    if isinstance(usage, Mapping):  # {model: {prompt_tokens, completion_tokens}} or flat
+        for v in usage.values():
+            if isinstance(v, Mapping):
+                tokens += int(v.get("prompt_tokens", 0) or 0) + int(v.get("completion_tokens", 0) or 0)
+        tokens += int(usage.get("prompt_tokens", 0) or 0) + int(usage.get("completion_tokens", 0) or 0)
+    return {"step": step, "kind": kind, "where": where, "pid": pid, "ms": round(seconds * 1000, 2),
+            "retries": 0, "status": "ok", "tokens": tokens}
+
+
+def _as_outputs(value: Any, outputs: Mapping[str, FieldInfo]) -> dict[str, Any]:
+    """A program's return value as {field: value}."""
+    if hasattr(value, "toDict") and callable(value.toDict):  # dspy.Prediction
+        value = value.toDict()
+    if isinstance(value, Mapping):
+        data = dict(value)
+        if outputs and not any(k in data for k in outputs) and len(outputs) == 1:
+            return {next(iter(outputs)): data}
+        return data
+    if len(outputs) == 1:
+        return {next(iter(outputs)): value}
+    return {"output": value}
+
+
+class Target:
+    """One endpoint's program. Subclasses set the fields and implement ``call``."""
+
+    kind = "program"
+    group = "programs"
+
+    def __init__(self, cfg: EndpointConfig, inputs: dict[str, FieldInfo], outputs: dict[str, FieldInfo],
+                 signature_text: str, required: list[str] | None = None):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.description = cfg.description
+        self.inputs = inputs
+        self.outputs = outputs
+        self.signature_text = signature_text
+        self.required = required if required is not None else [
+            n for n, f in inputs.items() if not _optional(f.annotation)]
+        self.timeout_s = cfg.timeout_s
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.group}/{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        """The endpoint for the page and ``/v1/endpoints``."""
+        from .schema import field_schema
+
+        def fields(fs: Mapping[str, FieldInfo]) -> list[dict[str, Any]]:
+            return [{"name": f.name, "schema": field_schema(f.annotation), "desc": f.desc,
+                     "required": f.name in self.required} for f in fs.values()]
+
+        return {"name": self.name, "kind": self.kind, "group": self.group, "path": self.path,
+                "signature": self.signature_text, "description": self.description,
+                "inputs": fields(self.inputs), "outputs": fields(self.outputs)}
+
+    async def prepare(self) -> None:
+        """Start what the first call would otherwise start (pools)."""
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        raise NotImplementedError
+
+
+class _Context:
+    """Runs a call under the service's LM (``dspex.context(lm=...)``), when it has one."""
+
+    def __init__(self, lm: Any):
+        self.lm = lm
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        if self.lm is None:
+            return fn()
+        from ..settings import context
+
+        with context(lm=self.lm):
+            return fn()
+
+    async def arun(self, coro_fn: Callable[[], Any]) -> Any:
+        if self.lm is None:
+            return await coro_fn()
+        from ..settings import context
+
+        with context(lm=self.lm):
+            return await coro_fn()
+
+
+async def _call_object(obj: Any, inputs: dict[str, Any], ctx: _Context) -> Any:
+    acall = getattr(obj, "acall", None) or getattr(obj, "aforward", None)
+    if acall is not None and inspect.iscoroutinefunction(acall):
+        return await ctx.arun(lambda: acall(**inputs))
+    if inspect.iscoroutinefunction(obj):
+        return await ctx.arun(lambda: obj(**inputs))
+    # A sync program runs on a thread; a disconnect stops waiting for it, not the thread.
+    cv = contextvars.copy_context()
+    return await asyncio.to_thread(cv.run, ctx.run, lambda: obj(**inputs))
+
+
+class NativeProgram(Target):
+    """A native Predict / ChainOfThought, optionally with saved program state."""
+
+    def __init__(self, cfg: EndpointConfig, lm: Any):
+        from .. import ChainOfThought, Predict
+
+        cls = ChainOfThought if cfg.module == "ChainOfThought" else Predict
+        try:
+            program = cls(cfg.signature)
+            if cfg.state:
+                program.load(cfg.state)
+        except FileNotFoundError:
+            raise ConfigError(f"program {cfg.name!r}: state file {cfg.state!r} does not exist") from None
+        self.program = program
+        self.ctx = _Context(lm)
+        sig = program.signature
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string())
+        self.kind = f"native {cfg.module}"
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        t0 = time.perf_counter()
+        pred = await _call_object(self.program, inputs, self.ctx)
+        usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+        row = _row(self.name, "native", "native", os.getpid(), time.perf_counter() - t0, usage)
+        return _as_outputs(pred, self.outputs), [row]
+
+
+class _PoolTarget(Target):
+    """Shared by the targets that call a pool (started in ``prepare``)."""
+
+    def __init__(self, *args: Any, manager: Any, pool_name: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.manager = manager
+        self.pool_name = pool_name
+        self.pool: Any = None
+
+    async def prepare(self) -> None:
+        self.pool = await asyncio.to_thread(self.manager.get, self.pool_name)
+
+    async def _pool_call(self, handler: str, session: str | None, kwargs: dict[str, Any]) -> tuple[Any, TraceRows]:
+        if self.pool is None:
+            await self.prepare()
+        t0 = time.perf_counter()
+        res = await self.pool.acall_detailed(handler, session=session, timeout=self.timeout_s, **kwargs)
+        usage = res.value.get("usage") if isinstance(res.value, dict) else None
+        return res.value, [_row(self.name, "worker", self.pool_name, res.pid, time.perf_counter() - t0, usage)]
+
+
+class WorkerProgram(_PoolTarget):
+    """A saved program run by the real DSPy in a worker (the bridge's ``dspy.run``)."""
+
+    def __init__(self, cfg: EndpointConfig, lm: Any, manager: Any):
+        from .. import signature
+
+        sig = signature(cfg.signature)
+        state = None
+        if cfg.state:
+            from ..native.state import read_state
+
+            try:
+                state = read_state(cfg.state)
+            except FileNotFoundError:
+                raise ConfigError(f"program {cfg.name!r}: state file {cfg.state!r} does not exist") from None
+        self.state = state
+        self.lm_spec = lm.to_spec() if lm is not None else None
+        self.wire = {"spec": sig.to_string(), "instructions": sig.instructions}
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(),
+                         manager=manager, pool_name=cfg.pool or "dspy")
+        self.kind = f"dspy {cfg.module}"
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        value, rows = await self._pool_call("dspy.run", session, {
+            "module": self.cfg.module, "signature": self.wire, "inputs": inputs, "lm": self.lm_spec,
+            "state": self.state, "usage": True})
+        return _as_outputs(value.get("outputs", {}), self.outputs), rows
+
+
+class HandlerProgram(_PoolTarget):
+    """A pool handler called with the inputs as keyword arguments."""
+
+    def __init__(self, cfg: EndpointConfig, manager: Any):
+        from .. import signature
+
+        sig = signature(cfg.signature)
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(),
+                         manager=manager, pool_name=cfg.pool or "dspy")
+        self.kind = "handler"
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        value, rows = await self._pool_call(str(self.cfg.handler), session, inputs)
+        return _as_outputs(value, self.outputs), rows
+
+
+def import_object(ref: str) -> Any:
+    """``"package.module:attr.sub"`` -> the object (the working directory is importable)."""
+    module_name, _, qual = ref.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for {ref!r}: {exc}; check the module path") from None
+    for part in qual.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{module_name!r} has no attribute {qual!r} (from {ref!r})") from None
+    return obj
+
+
+class ObjectProgram(Target):
+    """Any imported callable, predictor or composite module ("pkg.mod:attr")."""
+
+    def __init__(self, cfg: EndpointConfig, lm: Any):
+        obj = import_object(str(cfg.object))
+        if inspect.isclass(obj):
+            obj = obj()  # a Module class: served as one instance
+        if not callable(obj) and not hasattr(obj, "acall"):
+            raise ConfigError(f"program {cfg.name!r}: {cfg.object!r} is not callable")
+        self.obj = obj
+        self.ctx = _Context(lm)
+        sig_spec = cfg.signature or getattr(obj, "signature", None)
+        if sig_spec is not None:
+            from .. import signature
+
+            sig = signature(sig_spec)
+            super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string())
+        else:
+            inputs, required = _params_of(obj)
+            super().__init__(cfg, inputs, {}, ", ".join(inputs) + " -> ...", required)
+        self.kind = "object"
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        t0 = time.perf_counter()
+        value = await _call_object(self.obj, inputs, self.ctx)
+        usage = value.get_lm_usage() if hasattr(value, "get_lm_usage") else None
+        return _as_outputs(value, self.outputs), [
+            _row(self.name, "native", "native", os.getpid(), time.perf_counter() - t0, usage)]
+
+
+def _params_of(obj: Any) -> tuple[dict[str, FieldInfo], list[str]]:
+    """Input fields from the parameters of ``forward`` / ``__call__`` (no signature given)."""
+    fn = getattr(obj, "forward", None) or obj
+    try:
+        params = inspect.signature(fn).parameters
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError):
+        raise ConfigError("cannot read the program's parameters; give it signature = \"in -> out\"") from None
+    inputs: dict[str, FieldInfo] = {}
+    required: list[str] = []
+    for p in params.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "self":
+            continue
+        inputs[p.name] = FieldInfo(p.name, hints.get(p.name))
+        if p.default is p.empty:
+            required.append(p.name)
+    return inputs, required
+
+
+class PipelineTarget(Target):
+    """A pipeline loaded from YAML/JSON (``Pipeline.save``); events go to ``emit``."""
+
+    kind = "pipeline"
+    group = "pipelines"
+
+    def __init__(self, cfg: EndpointConfig, lm: Any, manager: Any):
+        from ..pipeline import Pipeline
+
+        if not cfg.path or not os.path.isfile(cfg.path):
+            raise ConfigError(f"pipeline {cfg.name!r}: file {cfg.path!r} does not exist")
+        pipe = Pipeline.load(cfg.path, allow=list(cfg.allow), lm=lm, manager=manager)
+        v = pipe.validate()
+        declared = pipe.inputs if pipe.inputs is not None else v.required
+        inputs = {n: FieldInfo(n, tp) for n, tp in declared.items()}
+        writes: dict[str, FieldInfo] = {}
+        for _, step in pipe.walk():
+            for w in step.writes:
+                writes.setdefault(w, FieldInfo(w))
+        self.pipe = pipe
+        refs = (getattr(s, "pool", None) for _, s in pipe.walk())
+        self.pools = sorted({r for r in refs if isinstance(r, str)})
+        self.manager = manager
+        super().__init__(cfg, inputs, {k: v for k, v in writes.items() if k not in inputs},
+                         f"{', '.join(inputs)} -> {', '.join(w for w in writes if w not in inputs)}")
+
+    async def prepare(self) -> None:
+        for name in self.pools:
+            await asyncio.to_thread(self.manager.get, name)
+
+    async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
+        run = self.pipe.arun(inputs, session=session, on_event=emit)
+        result = await (asyncio.wait_for(run, self.timeout_s) if self.timeout_s else run)
+        out = {k: v for k, v in result.items() if k not in inputs}
+        return out, result.trace.rows()
+
+
+def build_target(cfg: EndpointConfig, *, lm: Any, manager: Any) -> Target:
+    if cfg.kind == "pipeline":
+        return PipelineTarget(cfg, lm, manager)
+    if cfg.kind == "object":
+        return ObjectProgram(cfg, lm)
+    if cfg.kind == "handler":
+        return HandlerProgram(cfg, manager)
+    if cfg.impl == "dspy":
+        return WorkerProgram(cfg, lm, manager)
+    return NativeProgram(cfg, lm)
