@@ -24,6 +24,7 @@ from .errors import (
     DspexError,
     HandlerNotFound,
     ImplementationUnavailable,
+    InputError,
     LMAuthError,
     LMBadResponse,
     LMError,
@@ -64,6 +65,8 @@ _LAZY: dict[str, str] = {
     "LM": ".native.lm",
     "Predict": ".native.predict",
     "ChainOfThought": ".native.predict",
+    "Module": ".native.module",
+    "BaseLM": ".native.lm",
     "BM25": ".native.retrieve",
     # the implementation-agnostic API (router-backed)
     "signature": ".api",
@@ -102,6 +105,7 @@ __all__ = [  # noqa: RUF022 - grouped by layer
     "TemplateError",
     "ParseError",
     "CheckFailed",
+    "InputError",
     "LMError",
     "LMRateLimited",
     "LMTimeout",
@@ -136,6 +140,8 @@ __all__ = [  # noqa: RUF022 - grouped by layer
     "LM",
     "Predict",
     "ChainOfThought",
+    "Module",
+    "BaseLM",
     "BM25",
     "signature",
     "compile_signature",
@@ -198,7 +204,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         signature,
     )
     from .native.adapters import ChatAdapter, JSONAdapter
-    from .native.lm import LM
+    from .native.lm import LM, BaseLM
+    from .native.module import Module
     from .native.predict import ChainOfThought, Predict
     from .native.retrieve import BM25
     from .native.signature import InputField, OutputField, Signature

@@ -6,6 +6,7 @@
     ├── TemplateError    (ValueError)  unknown or malformed placeholder; .placeholder, .position
     ├── ParseError       (ValueError)  LM reply could not be parsed; .raw, .found, .missing
     ├── CheckFailed                 an output check kept failing; .attempts, .feedback, .prediction
+    ├── InputError       (TypeError)   missing, extra or mistyped predictor inputs; .problems
     ├── LMError                     an LM call failed; .status, .retry_after, .model
     │   ├── LMRateLimited           429 (retryable, honours Retry-After)
     │   ├── LMTimeout (TimeoutError) no reply in time (retryable)
@@ -45,6 +46,7 @@ __all__ = [  # noqa: RUF022 - in the order of the tree drawn above
     "TemplateError",
     "ParseError",
     "CheckFailed",
+    "InputError",
     "LMError",
     "LMRateLimited",
     "LMTimeout",
@@ -132,6 +134,14 @@ class CheckFailed(DspexError):
         self.attempts = attempts
         self.feedback = feedback
         self.prediction = prediction
+        super().__init__(message)
+
+
+class InputError(DspexError, TypeError):
+    """A predictor got missing, extra or mistyped inputs. ``problems`` names each field."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
         super().__init__(message)
 
 

@@ -21,10 +21,13 @@ from typing import Any
 from ..errors import SignatureError
 
 __all__ = [
+    "MAX_DEPTH",
     "SUPPORTED_NAMES",
     "is_supported",
+    "is_well_formed",
     "json_schema",
     "json_schema_text",
+    "native_capable",
     "parse_type",
     "type_name",
 ]
@@ -62,6 +65,9 @@ _TUPLES = {tuple, typing.Tuple}  # noqa: UP006
 _SUBSCRIPTABLE = _ONE_ARG | _TWO_ARGS | _TUPLES | {typing.Union, typing.Literal}
 _ONLY_SUBSCRIPTED = {typing.Optional, typing.Union, typing.Literal}
 
+Resolver = Callable[[str], Any]
+MAX_DEPTH = 32  # nesting levels of a type expression (list[list[...]]); deeper is a SignatureError
+
 _IDENT_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _IDENT_CHARS = _IDENT_START | frozenset("0123456789")
 _WS = " \t\n\r\f\v"
@@ -73,12 +79,14 @@ _WS = " \t\n\r\f\v"
 class _TypeParser:
     """Recursive-descent parser for one type expression ``spec[pos:end]``."""
 
-    __slots__ = ("end", "pos", "spec")
+    __slots__ = ("depth", "end", "pos", "resolve", "spec")
 
-    def __init__(self, spec: str, pos: int, end: int) -> None:
+    def __init__(self, spec: str, pos: int, end: int, resolve: Resolver | None = None) -> None:
         self.spec = spec
         self.pos = pos
         self.end = end
+        self.resolve = resolve
+        self.depth = 0
 
     def error(self, message: str, position: int | None = None) -> SignatureError:
         return SignatureError(message, self.spec, self.pos if position is None else position)
@@ -101,6 +109,9 @@ class _TypeParser:
 
     def union(self, allow_none: bool = False) -> Any:
         start = self.pos
+        self.depth += 1
+        if self.depth > MAX_DEPTH:  # hostile input must not reach Python's recursion limit
+            raise self.error(f"type nested deeper than {MAX_DEPTH} levels", start)
         members = [self.primary()]
         self.skip_ws()
         while self.pos < self.end and self.spec[self.pos] == "|":
@@ -108,6 +119,7 @@ class _TypeParser:
             self.skip_ws()
             members.append(self.primary())
             self.skip_ws()
+        self.depth -= 1
         if len(members) == 1:
             if members[0] is None and not allow_none:
                 raise self.error("None is not a field type on its own", start)
@@ -138,7 +150,27 @@ class _TypeParser:
         self.pos = pos
         return spec[start:pos]
 
+    def group(self) -> Any:
+        """``( union )``: a parenthesised part of a union, as Python reads ``str | (int | float)``."""
+        open_pos = self.pos
+        self.pos += 1
+        self.skip_ws()
+        inner = self.union(allow_none=True)
+        self.skip_ws()
+        if self.pos >= self.end or self.spec[self.pos] != ")":
+            raise self.error("unbalanced parentheses: '(' is never closed", open_pos)
+        self.pos += 1
+        return inner
+
+    def dotted(self, name: str) -> str:
+        while self.pos < self.end and self.spec[self.pos] == ".":
+            self.pos += 1
+            name += "." + self.name()
+        return name
+
     def primary(self) -> Any:
+        if self.pos < self.end and self.spec[self.pos] == "(":
+            return self.group()
         start = self.pos
         name = self.name()
         # typing.X and builtins.X are spelled out in some signatures.
@@ -146,14 +178,20 @@ class _TypeParser:
             self.pos += 1
             start = self.pos
             name = self.name()
-        if self.pos < self.end and self.spec[self.pos] == ".":
-            raise self.error(f"unknown type {self.spec[start:self.pos]}.…: dotted custom types are not supported", start)
+        name = self.dotted(name)
         if name not in SUPPORTED_NAMES:
-            raise self.error(
-                f"unknown type {name!r} (supported: str, int, float, bool, list[T], dict[K, V], tuple[...], "
-                "set[T], Optional[T], Union[...], Literal[...], Any; use X | Y for unions)",
-                start,
-            )
+            custom = self.resolve(name) if self.resolve is not None else None
+            if custom is None:
+                raise self.error(
+                    f"unknown type {name!r}: pass custom_types={{{name.split('.')[0]!r}: ...}} or define it in the "
+                    "calling scope (built in: str, int, float, bool, list[T], dict[K, V], tuple[...], "
+                    "set[T], Optional[T], Union[...], Literal[...], Any; use X | Y for unions)",
+                    start,
+                )
+            self.skip_ws()
+            if self.pos < self.end and self.spec[self.pos] == "[":
+                raise self.error(f"custom type {name!r} does not take type arguments here", self.pos)
+            return custom
         base = SUPPORTED_NAMES[name]
         if name == "None":
             base = None  # marks a bare None; unions turn it into NoneType
@@ -288,13 +326,18 @@ class _TypeParser:
         return base[tuple(args)] if n > 1 else base[args[0]]
 
 
-def parse_type(spec: str, start: int, end: int) -> Any:
-    """Parse the type expression ``spec[start:end]`` (positions index ``spec``)."""
+def parse_type(spec: str, start: int, end: int, resolve: Resolver | None = None) -> Any:
+    """Parse the type expression ``spec[start:end]`` (positions index ``spec``).
+
+    ``resolve(name)`` looks up names outside the built-in vocabulary (custom types,
+    dotted like ``Container.Query``); it returns the class or None for unknown."""
     # Fast path for the common single-name types.
     text = spec[start:end].strip()
     simple = SUPPORTED_NAMES.get(text)
     if simple is not None and simple not in _ONLY_SUBSCRIPTED and text != "None":
         return simple
+    if resolve is not None:  # names may mean different classes per caller: never cached
+        return _TypeParser(spec, start, end, resolve).parse()
     cached = _PARSED.get(text)
     if cached is not None:
         return cached
@@ -336,6 +379,44 @@ def is_supported(annotation: Any) -> bool:
             return is_supported(args[0])
         return all(is_supported(a) for a in args)
     return False
+
+
+def is_well_formed(annotation: Any, depth: int = 0) -> bool:
+    """True for annotations a signature may hold: the natively supported ones, classes
+    (pydantic models, enums, ...) and containers / unions / Literals of those."""
+    if depth > MAX_DEPTH:
+        return False
+    if is_supported(annotation) or isinstance(annotation, type):
+        return True
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return True
+    if origin in (list, set, frozenset, dict, tuple, typing.Union, types.UnionType):
+        return all(a is ... or is_well_formed(a, depth + 1) for a in args)
+    return False
+
+
+def native_capable(annotation: Any, depth: int = 0) -> bool:
+    """True when the native adapters give DSPy's prompts and values for ``annotation``:
+    the supported types plus pydantic models and enums inside them (through pydantic)."""
+    if depth > MAX_DEPTH:
+        return False
+    if is_supported(annotation):
+        return True
+    if isinstance(annotation, type):
+        return hasattr(annotation, "model_json_schema") or _is_enum(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (list, set, frozenset, dict, tuple, typing.Union, types.UnionType, typing.Literal):
+        return all(a is ... or native_capable(a, depth + 1) for a in typing.get_args(annotation)
+                   if origin is not typing.Literal)
+    return False
+
+
+def _is_enum(t: type) -> bool:
+    import enum
+
+    return issubclass(t, enum.Enum)
 
 
 # --------------------------------------------------------------------------- display names

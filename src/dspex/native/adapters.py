@@ -73,6 +73,8 @@ def _field_descriptions(fields: Mapping[str, Field]) -> str:
     for i, (name, f) in enumerate(fields.items(), 1):
         desc = "" if f.desc == f"${{{name}}}" else f.desc
         lines.append(f"{i}. `{name}` ({f.type_name}): {desc}")
+        if f.constraints:  # DSPy shows pydantic constraints under the field line
+            lines[-1] += f"\nConstraints: {f.constraints}"
     return "\n".join(lines).strip()
 
 

@@ -49,15 +49,29 @@ from ..errors import (
 )
 from ..settings import current
 from . import _http
+from . import transport as _transport
+from ._decode import decode_reply
 
-__all__ = ["LM", "Completion", "TokenBucket"]
+__all__ = ["LM", "BaseLM", "Completion", "TokenBucket"]
 
 _PROVIDERS = ("openai", "anthropic")
 _DEFAULT_BASE = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
 _DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _ANTHROPIC_VERSION = "2023-06-01"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
-_SECRET_WORDS = ("key", "token", "secret", "authorization", "password", "headers")
+# Names of request fields that hold secrets: left out of cache keys and specs. An explicit
+# list: a substring test ("token") used to drop max_tokens & co. and serve wrong cached replies.
+_SECRET_WORDS = (
+    "api_key", "apikey", "api_secret", "api_token", "access_token", "auth_token", "bearer_token", "token",
+    "authorization", "x-api-key", "headers", "extra_headers", "default_headers", "password", "secret",
+    "client_secret", "credentials",
+)  # fmt: skip
+
+
+def _is_secret(name: str) -> bool:
+    return name.lower() in _SECRET_WORDS
+
+
 # Call options that change the request and so belong in the cache key.
 _CALL_PARAMS = ("temperature", "max_tokens", "n", "grammar", "top_p", "stop", "seed", "response_format")
 _CONTEXT_MARKERS = (
@@ -161,7 +175,49 @@ class _Call:
         self.cache_key = cache_key
 
 
-class LM:
+class BaseLM:
+    """Base of custom LMs, in DSPy's ``BaseLM`` style: subclass it (or :class:`LM`) and override
+    ``forward(prompt=None, messages=None, **kwargs)`` returning an OpenAI-style response (a dict
+    or object with ``choices[i].message.content`` and ``usage``), or ``__call__`` returning the
+    reply texts. Predict calls the override (``dspex.native.predict`` dispatches)."""
+
+    def __init__(self, model: str = "custom", model_type: str = "chat", cache: bool = False,
+                 num_retries: int = 0, **kwargs: Any):
+        self.model = model
+        self.model_type = model_type
+        self.cache = cache
+        self.num_retries = num_retries
+        self.kwargs: dict[str, Any] = dict(kwargs)
+
+    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must override forward() or __call__()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """DSPy-style ``lm(prompt=None, messages=None, **kwargs) -> list[str]``."""
+        prompt = kwargs.pop("prompt", args[0] if args and isinstance(args[0], str) else None)
+        messages = kwargs.pop("messages", args[0] if args and isinstance(args[0], list) else None)
+        return BaseLM.complete(self, messages or [{"role": "user", "content": prompt or ""}], **kwargs).texts
+
+    def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
+        """The override's reply as a :class:`Completion` (``__call__`` first, else ``forward``)."""
+        from .predict import call_override
+
+        return call_override(self, messages, overrides)
+
+    async def acomplete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
+        import contextvars
+
+        ctx = contextvars.copy_context()
+        return await asyncio.to_thread(ctx.run, BaseLM.complete, self, messages, **overrides)  # type: ignore[arg-type]
+
+    def dump_state(self) -> dict[str, Any]:
+        """DSPy's LM state shape (``model``, ``model_type``, ``cache``, ``num_retries``, kwargs); no keys."""
+        from .state import lm_state
+
+        return lm_state(self) or {}
+
+
+class LM(BaseLM):
     """A client for one model on one endpoint. Thread-safe and usable from any event loop."""
 
     _backoff_base = 0.5  # seconds before the first retry (doubles per attempt, with jitter)
@@ -183,6 +239,9 @@ class LM:
         grammar: bool | str | None = None,
         history_size: int = 100,
         api_key: str | None = None,
+        ssl_ca_file: str | None = None,
+        verify: bool | str = True,
+        transport: _transport.Transport | None = None,
         **extra: Any,
     ):
         provider, sep, name = model.partition("/")
@@ -213,14 +272,18 @@ class LM:
         self.history_size = history_size
         self.history: deque[dict[str, Any]] = deque(maxlen=history_size)
         self._api_key = api_key
+        self.ssl_ca_file = ssl_ca_file  # a CA bundle for a private CA (self-signed servers)
+        self.verify = verify  # False: no certificate check; a path: that CA bundle
+        self._custom_transport = transport  # not pickled: a receiving process picks its own
         self._setup()
 
     def _setup(self) -> None:
         """Build the per-process parts: pools, rate limiters (also after unpickling)."""
         self._url_path = f"{self._endpoint.base_path}/{'messages' if self.provider == 'anthropic' else 'chat/completions'}"
         self.url = f"{self._endpoint.origin}{self._url_path}"
-        self._sync = _http.SyncPool(self._endpoint)
-        self._async = _http.AsyncPool(self._endpoint)
+        self._transport: _transport.Transport = getattr(self, "_custom_transport", None) or _transport.choose(
+            self._endpoint, ssl_ca_file=self.ssl_ca_file, verify=self.verify
+        )
         rate = self.rps if self.rps else (self.rpm / 60.0 if self.rpm else None)
         self._req_bucket = TokenBucket(rate) if rate else None
         self._tok_bucket = TokenBucket(self.tpm / 60.0, capacity=self.tpm) if self.tpm else None
@@ -232,6 +295,17 @@ class LM:
     def supports_grammar(self) -> bool:
         """True when the endpoint takes a GBNF ``grammar`` body field (llama.cpp's server)."""
         return self.provider == "openai" and bool(self.grammar)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:  # type: ignore[override]
+        """DSPy's ``lm.kwargs``: the request defaults (temperature, max_tokens, a custom api_base, extras)."""
+        kw: dict[str, Any] = {
+            k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens)) if v is not None
+        }
+        if self.api_base != _DEFAULT_BASE[self.provider]:
+            kw["api_base"] = self.api_base
+        kw.update((k, v) for k, v in self.extra.items() if not any(w in k.lower() for w in _SECRET_WORDS))
+        return kw
 
     @property
     def key_env(self) -> str:
@@ -253,8 +327,12 @@ class LM:
             "rps": self.rps,
             "grammar": self.grammar,
         }
+        if self.ssl_ca_file is not None:
+            spec["ssl_ca_file"] = self.ssl_ca_file
+        if self.verify is not True:
+            spec["verify"] = self.verify
         for k, v in self.extra.items():
-            if not any(word in k.lower() for word in _SECRET_WORDS):
+            if not _is_secret(k):
                 spec[k] = v
         return spec
 
@@ -286,8 +364,7 @@ class LM:
 
     def close(self) -> None:
         """Close idle pooled connections (they also close when the LM is collected)."""
-        self._sync.close()
-        self._async.close()
+        self._transport.close()
 
     # ------------------------------------------------------------- requests
     def _key(self) -> str | None:
@@ -349,7 +426,7 @@ class LM:
             store = default_cache()
             if store is not None:
                 use_cache = True
-                safe = {k: v for k, v in body.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+                safe = {k: v for k, v in body.items() if not _is_secret(k)}  # every field that shapes the reply
                 key = request_key({"provider": self.provider, "api_base": self.api_base, "body": safe, "rollout_id": rollout_id})
         return _Call(path, body, n, use_cache, key)
 
@@ -380,42 +457,17 @@ class LM:
     def _finish(self, call: _Call, resp: _http.Response, messages: list[dict[str, Any]]) -> Completion:
         if resp.status >= 400:
             raise self._error(resp)
-        try:
-            data = json.loads(resp.body)
-        except ValueError:
+        if resp.status >= 300:  # a 3xx the transport could not follow (no Location, too many hops)
             raise LMBadResponse(
-                f"{self.model}: {self.url} answered HTTP {resp.status} with a body that is not JSON "
-                f"({self._scrub(resp.body[:200].decode('utf-8', 'replace'))!r}). Is api_base an LM server?",
+                f"{self.model}: {self.url} answered HTTP {resp.status} (a redirect to "
+                f"{resp.headers.get('location', 'nowhere')!r}); set api_base to the final URL",
                 status=resp.status,
                 model=self.model,
-            ) from None
-        try:
-            if self.provider == "anthropic":
-                texts = ["".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")]
-                u = data.get("usage") or {}
-                prompt, completion = int(u.get("input_tokens", 0)), int(u.get("output_tokens", 0))
-            else:
-                texts = []
-                for choice in data["choices"]:
-                    content = choice["message"].get("content")
-                    if isinstance(content, list):
-                        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-                    texts.append(content or "")
-                if not texts:
-                    raise KeyError("choices is empty")
-                u = data.get("usage") or {}
-                prompt, completion = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:
-            raise LMBadResponse(
-                f"{self.model}: {self.url} answered JSON that is not a "
-                f"{'Messages' if self.provider == 'anthropic' else 'chat completion'} reply (missing {exc}); "
-                "check api_base and the provider prefix of the model name",
-                status=resp.status,
-                model=self.model,
-                body=self._scrub(resp.body[:500].decode("utf-8", "replace")),
-            ) from None
+            )
+        d = decode_reply(resp.body, self.provider, where=self.url, model=self.model, status=resp.status, scrub=self._scrub)
+        prompt, completion, texts = d.prompt_tokens, d.completion_tokens, d.texts
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        out = Completion(texts[0], usage, str(data.get("model") or self.model_name), data, False, texts)
+        out = Completion(texts[0], usage, d.model or self.model_name, d.data, False, texts)
         current().record_usage(self.model, prompt, completion)
         if self._tok_bucket is not None:  # settle the estimate taken before the call
             self._tok_bucket.reserve(prompt + completion - _estimate_tokens(messages))
@@ -478,6 +530,16 @@ class LM:
         return exc
 
     def _transport_error(self, exc: Exception, attempts: int) -> LMError:
+        if isinstance(exc, _transport.BadResponse):
+            return LMBadResponse(
+                f"{self.model}: {self.url} sent a malformed HTTP response ({self._scrub(str(exc))}). "
+                "Is api_base an HTTP/1.1 LM server?",
+                model=self.model,
+            )
+        if isinstance(exc, _transport.TLSError):
+            err = LMTransportError(f"{self.model}: {self._scrub(str(exc))}", model=self.model)
+            err.retryable = False  # the same certificate fails the same way
+            return err
         if isinstance(exc, _http.Timeout):
             return LMTimeout(
                 f"{self.model}: no reply from {self.url} within {self.timeout:g}s ({attempts} attempt(s)). "
@@ -514,9 +576,9 @@ class LM:
         attempt = 0
         while True:
             try:
-                resp = self._sync.request("POST", call.path, self._headers(), call.payload, self.timeout)
+                resp = self._transport.request("POST", call.path, self._headers(), call.payload, self.timeout)
                 return self._finish(call, resp, messages)
-            except (_http.Timeout, _http.ConnectError) as exc:
+            except (_http.Timeout, _http.ConnectError, _transport.BadResponse) as exc:
                 err = self._transport_error(exc, attempt + 1)
             except LMError as exc:
                 err = exc
@@ -540,9 +602,9 @@ class LM:
         attempt = 0
         while True:
             try:
-                resp = await self._async.request("POST", call.path, self._headers(), call.payload, self.timeout)
+                resp = await self._transport.arequest("POST", call.path, self._headers(), call.payload, self.timeout)
                 return self._finish(call, resp, messages)
-            except (_http.Timeout, _http.ConnectError) as exc:
+            except (_http.Timeout, _http.ConnectError, _transport.BadResponse) as exc:
                 err = self._transport_error(exc, attempt + 1)
             except LMError as exc:
                 err = exc

@@ -46,24 +46,42 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import threading
+import types
+import typing
 from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..errors import CheckFailed, ImplementationUnavailable, LocalModelError, ParseError
-from ..settings import current, load_config
+from ..errors import (
+    CheckFailed,
+    ConfigError,
+    ImplementationUnavailable,
+    InputError,
+    LocalModelError,
+    ParseError,
+)
+from ..settings import current, load_config, shared_config
 from .adapters import ChatAdapter, JSONAdapter
 from .signature import InputField, Signature, ensure_signature
 from .values import Example, Prediction
 
-__all__ = ["ChainOfThought", "Predict"]
+__all__ = ["TRACE", "ChainOfThought", "Predict", "call_override", "check_type"]
+
+logger = logging.getLogger("dspex")
+# The trace of the running dspex.Module call: (predictor, inputs, prediction) per Predict call.
+TRACE: contextvars.ContextVar[list[tuple[Any, dict[str, Any], Any]] | None] = contextvars.ContextVar(
+    "dspex_trace", default=None
+)
+_INPUT_MODES = ("error", "warn", "off")
 
 _CHAT = ChatAdapter()
 _JSON = JSONAdapter()
 _HINT_FIELD = "hint_"
 _HINT_DESC = "A hint to the module from an earlier run"
+_ABSENT: Any = object()
 
 Check = Callable[[Prediction], Any]
 # What the call program yields to its driver: (messages, LM overrides); it gets a Completion back.
@@ -165,6 +183,116 @@ def _hint(feedback: str, pred: Prediction, sig: Signature) -> str:
     return "\n".join(lines)
 
 
+def check_type(value: Any, expected: Any) -> bool:
+    """DSPy 3.4.1's input type check (``_is_value_compatible_with_type``): a list of str
+    passes for a str field; containers are checked element-wise; classes by isinstance."""
+    if expected is str and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return True
+    return _check(value, expected)
+
+
+def _check(value: Any, expected: Any) -> bool:
+    if expected is Any:
+        return True
+    origin = typing.get_origin(expected)
+    args = typing.get_args(expected)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_check(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (list, set, frozenset):
+        return isinstance(value, origin) and (not args or all(_check(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and (
+            not args or all(_check(k, args[0]) and _check(v, args[1]) for k, v in value.items()))
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is ...:
+            return all(_check(v, args[0]) for v in value)
+        return not args or (len(value) == len(args) and all(_check(v, a) for v, a in zip(value, args, strict=True)))
+    return isinstance(value, expected) if isinstance(expected, type) else False
+
+
+def _allows_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_allows_none(a) for a in typing.get_args(annotation))
+    return False
+
+
+_mode_memo: list[Any] = [None, "error"]  # (config version, [predict] check_inputs)
+
+
+def _config_mode() -> str:
+    version, conf = shared_config()
+    if _mode_memo[0] != version:
+        mode = (conf.get("predict") or {}).get("check_inputs", "error")
+        if mode not in _INPUT_MODES:
+            raise ConfigError(f"[predict] check_inputs must be one of {', '.join(_INPUT_MODES)}, not {mode!r}")
+        _mode_memo[:] = [version, mode]
+    return str(_mode_memo[1])
+
+
+def _override_kind(cls: type) -> str | None:
+    """'call' / 'forward' when an LM class overrides DSPy-style ``__call__`` / ``forward``."""
+    cached = _OVERRIDES.get(cls)
+    if cached is None:
+        from .lm import LM, BaseLM
+
+        if cls.__call__ not in (BaseLM.__call__, LM.__call__):
+            cached = "call"
+        elif cls.forward is not BaseLM.forward:  # type: ignore[attr-defined]
+            cached = "forward"
+        else:
+            cached = ""
+        if len(_OVERRIDES) < 1024:
+            _OVERRIDES[cls] = cached
+    return cached or None
+
+
+_OVERRIDES: dict[type, str] = {}
+
+
+def call_override(lm: Any, messages: list[dict[str, Any]], overrides: dict[str, Any]) -> Any:
+    """Call a custom LM's ``__call__`` (texts) or ``forward`` (OpenAI-style response) -> Completion."""
+    from .lm import Completion
+
+    kw = {k: v for k, v in overrides.items() if k not in ("cache", "rollout_id", "grammar")}
+    kind = _override_kind(type(lm))
+    model = str(getattr(lm, "model", type(lm).__name__))
+    if kind == "call":
+        out = lm(messages=messages, **kw)
+        items = [out] if isinstance(out, (str, dict)) else list(out or [])
+        texts = [o if isinstance(o, str) else str(o.get("text", "")) for o in items]
+        return Completion(texts[0] if texts else "", {}, model, out, False, texts)
+    response = lm.forward(messages=messages, **kw)
+    get = (lambda o, k, d=None: o.get(k, d)) if isinstance(response, dict) else (lambda o, k, d=None: getattr(o, k, d))
+    texts = []
+    for choice in get(response, "choices", None) or []:
+        message = choice.get("message") if isinstance(choice, dict) else getattr(choice, "message", None)
+        content = (message.get("content") if isinstance(message, dict) else getattr(message, "content", None)) or ""
+        texts.append(str(content))
+    usage_obj = get(response, "usage", None) or {}
+    usage = {k: int((usage_obj.get(k) if isinstance(usage_obj, dict) else getattr(usage_obj, k, 0)) or 0)
+             for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return Completion(texts[0] if texts else "", usage, model, response, False, texts)
+
+
+class _Override:
+    """An :class:`LM` subclass whose ``forward``/``__call__`` the user overrode: Predict calls that."""
+
+    __slots__ = ("lm", "model")
+
+    def __init__(self, lm: Any):
+        self.lm = lm
+        self.model = getattr(lm, "model", type(lm).__name__)
+
+    def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Any:
+        return call_override(self.lm, messages, overrides)
+
+
 class Predict:
     """Map a signature's inputs to its outputs with one LM call (plus the JSON fallback)."""
 
@@ -179,9 +307,13 @@ class Predict:
         check: Check | None = None,
         max_tries: int = 3,
         cache: bool | None = None,
+        check_inputs: str | None = None,
         **config: Any,
     ):
         self.signature: Signature = ensure_signature(signature, instructions)
+        if check_inputs is not None and check_inputs not in _INPUT_MODES:
+            raise ConfigError(f"check_inputs must be one of {', '.join(_INPUT_MODES)}, not {check_inputs!r}")
+        self.check_inputs = check_inputs  # None: config [predict] check_inputs, default "error"
         self.demos: list[Any] = list(demos or [])
         self.adapter = adapter
         self.lm = lm
@@ -205,8 +337,71 @@ class Predict:
         return f"{type(self).__name__}({self.signature.to_string()})"
 
     def reset(self) -> None:
+        """Forget what optimization or loading set: demos and the predictor's own LM (as DSPy)."""
         self.lm = None
         self.demos = []
+
+    # DSPy's module API on a single predictor (a Predict is its own only parameter).
+    def named_parameters(self) -> list[tuple[str, Predict]]:
+        return [("self", self)]
+
+    def named_predictors(self) -> list[tuple[str, Predict]]:
+        return [("self", self)]
+
+    def parameters(self) -> list[Predict]:
+        return [self]
+
+    predictors = parameters
+
+    def deepcopy(self) -> Any:
+        """A copy with its own demos and config; LMs, adapters and checks are shared (clients, not state)."""
+        from .module import deepcopy_program
+
+        return deepcopy_program(self)
+
+    def reset_copy(self) -> Any:
+        new = self.deepcopy()
+        new.reset()
+        return new
+
+    def _inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in; missing, extra and mistyped inputs an InputError (or a warning)."""
+        fields = self.signature.input_fields
+        if inputs.keys() != fields.keys():
+            for name, f in fields.items():
+                if name not in inputs and f.has_default:
+                    inputs[name] = f.default_value()
+        problems = None
+        for name, f in fields.items():
+            value = inputs.get(name, _ABSENT)
+            if value is _ABSENT:
+                if not _allows_none(f.annotation):
+                    problems = problems or []
+                    problems.append(f"missing input {name!r}")
+            elif value is not None and not (value.__class__ is str and f.annotation is str) \
+                    and not check_type(value, f.annotation):
+                problems = problems or []
+                problems.append(f"input {name!r} should be {f.type_name}, got {type(value).__name__} {value!r:.60}")
+        if len(inputs) > len(fields) or problems:
+            extra = [k for k in inputs if k not in fields]
+            if extra:
+                problems = problems or []
+                problems.append(f"unexpected input(s) {', '.join(map(repr, extra))}")
+            if problems:
+                self._bad_inputs(problems)
+        return inputs
+
+    def _bad_inputs(self, problems: list[str]) -> None:
+        mode = self.check_inputs or _config_mode()
+        if mode == "off":
+            return
+        expected = ", ".join(f"{n}: {f.type_name}" for n, f in self.signature.input_fields.items())
+        text = f"{self!r}: {'; '.join(problems)} (expected inputs: {expected})"
+        if mode == "warn":
+            logger.warning("dspex: %s", text)
+            return
+        raise InputError(text + "; pass check_inputs='warn' (or set [predict] check_inputs) to only warn",
+                         problems=problems)
 
     # ------------------------------------------------------------- the call
     def _resolve(self, lm: Any, adapter: Any) -> tuple[Any, Any]:
@@ -215,6 +410,11 @@ class Predict:
         if lm is None:
             lm = _fallback_lm()
         adapter = adapter or self.adapter or st.adapter or _CHAT
+        if _override_kind(type(lm)) is not None:
+            from .lm import LM
+
+            if isinstance(lm, LM):  # LM.complete is HTTP: route to the user's override
+                lm = _Override(lm)
         return lm, adapter
 
     def _overrides(self, lm: Any, adapter: Any, sig: Signature, config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -280,6 +480,9 @@ class Predict:
                 pred = yield from self._one(lm, adapter, hinted, demos, hinted_inputs, config, usage)
                 attempt += 1
         pred.set_lm_usage(usage)
+        trace = TRACE.get()
+        if trace is not None:
+            trace.append((self, dict(inputs), pred))
         return pred
 
     def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, _Program]:
@@ -288,7 +491,7 @@ class Predict:
             raise TypeError(f"{self!r} takes keyword arguments only: {', '.join(self.signature.input_fields)}")
         lm, adapter = self._resolve(kwargs.pop("lm", None), kwargs.pop("adapter", None))
         config, demos = kwargs.pop("config", None), kwargs.pop("demos", None)
-        return lm, self._program(lm, adapter, kwargs, config, demos)
+        return lm, self._program(lm, adapter, self._inputs(kwargs), config, demos)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
         """``p(question=..., lm=None, adapter=None, config=None, demos=None) -> Prediction``."""

@@ -35,6 +35,7 @@ from . import _types
 
 __all__ = [
     "Field",
+    "FieldExtra",
     "InputField",
     "OutputField",
     "Signature",
@@ -96,10 +97,43 @@ def default_instructions(inputs: Iterable[str], outputs: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- fields
 
 _NAME_DEFAULTS: dict[str, tuple[str, str]] = {}  # name -> (default desc, default prefix)
+_MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
+# pydantic constraints DSPy shows in prompts, with its wording (dspy/signatures/field.py).
+CONSTRAINT_TEXT = {
+    "gt": "greater than: ",
+    "ge": "greater than or equal to: ",
+    "lt": "less than: ",
+    "le": "less than or equal to: ",
+    "min_length": "minimum length: ",
+    "max_length": "maximum length: ",
+    "multiple_of": "a multiple of the given number: ",
+    "allow_inf_nan": "allow 'inf', '-inf', 'nan' values: ",
+}
+
+
+class FieldExtra(tuple):  # type: ignore[type-arg,unused-ignore]
+    """A field's ``default`` / ``default_factory`` / constraints as ordered (key, value) pairs.
+
+    Hashable even when a default is not (``default=[]``), so signatures stay values."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        return hash(tuple((k, repr(v)) for k, v in self))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for k, v in self:
+            if k == key:
+                return v
+        return default
+
+    @property
+    def constraints(self) -> str:
+        return ", ".join(f"{CONSTRAINT_TEXT[k]}{v}" for k, v in self if k in CONSTRAINT_TEXT)
 
 
 class Field(tuple):  # type: ignore[type-arg,unused-ignore]
-    """One field: ``(name, kind, annotation, desc, prefix, type_name)``, immutable.
+    """One field: ``(name, kind, annotation, desc, prefix, type_name, extra)``, immutable.
 
     ``desc`` is ``"${name}"`` when no description was given (DSPy's convention;
     prompts then show an empty description). ``InputField()`` / ``OutputField()``
@@ -116,6 +150,7 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
         desc: str | None = None,
         prefix: str | None = None,
         type_name: str | None = None,
+        extra: FieldExtra | None = None,
     ) -> Field:
         if kind not in ("input", "output"):
             raise ValueError(f"field kind must be 'input' or 'output', not {kind!r}")
@@ -131,7 +166,7 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
                 prefix = defaults[1]
         if type_name is None and annotation is not None:
             type_name = "str" if annotation is str else _types.type_name(annotation)
-        return tuple.__new__(cls, (name, kind, annotation, desc, prefix, type_name))
+        return tuple.__new__(cls, (name, kind, annotation, desc, prefix, type_name, extra or None))
 
     @property
     def name(self) -> str:
@@ -158,6 +193,26 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
         return self[5]
 
     @property
+    def extra(self) -> FieldExtra | None:
+        return self[6]
+
+    @property
+    def has_default(self) -> bool:
+        e = self[6]
+        return e is not None and (e.get("default", _MISSING) is not _MISSING or e.get("default_factory") is not None)
+
+    def default_value(self) -> Any:
+        """The field's default (a fresh one from ``default_factory``); only when ``has_default``."""
+        e = self[6]
+        factory = e.get("default_factory") if e is not None else None
+        return factory() if factory is not None else e.get("default", None) if e is not None else None
+
+    @property
+    def constraints(self) -> str:
+        """DSPy's prompt text for the pydantic constraints (``"minimum length: 2"``), or ""."""
+        return self[6].constraints if self[6] is not None else ""
+
+    @property
     def is_input(self) -> bool:
         return self[1] == "input"
 
@@ -170,10 +225,11 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
         ann = annotation if annotation is not None else (self[2] if self[2] is not None else str)
         desc = self[3] if self[3] is not None and (self[0] == "" or self[3] != f"${{{self[0]}}}") else None
         prefix = self[4] if self[0] == "" or self[4] != infer_prefix(self[0]) + ":" else None
-        return Field(name, self[1], ann, desc, prefix)
+        return Field(name, self[1], ann, desc, prefix, extra=self[6])
 
     def replace(self, **changes: Any) -> Field:
-        d = {"name": self[0], "kind": self[1], "annotation": self[2], "desc": self[3], "prefix": self[4]}
+        d = {"name": self[0], "kind": self[1], "annotation": self[2], "desc": self[3], "prefix": self[4],
+             "extra": self[6]}
         d.update(changes)
         return Field(**d)
 
@@ -187,18 +243,24 @@ class Field(tuple):  # type: ignore[type-arg,unused-ignore]
 
 
 _FIELD_ARGS = {"desc", "prefix", "description", "format", "parser"}
+_KEPT_ARGS = {"default", "default_factory", *CONSTRAINT_TEXT}
 
 
 def _make_unbound(kind: str, annotation: Any, desc: str | None, prefix: str | None, extra: dict[str, Any]) -> Field:
-    unknown = set(extra) - _FIELD_ARGS
+    unknown = set(extra) - _FIELD_ARGS - _KEPT_ARGS
     if unknown:
         raise TypeError(
             f"unsupported argument(s) for {kind.capitalize()}Field: {', '.join(sorted(unknown))} "
-            "(supported: desc, prefix, annotation)"
+            f"(supported: desc, prefix, annotation, {', '.join(sorted(_KEPT_ARGS))})"
         )
+    if "default" in extra and "default_factory" in extra:
+        raise TypeError(f"{kind.capitalize()}Field takes default= or default_factory=, not both")
+    if extra.get("default_factory") is not None and not callable(extra["default_factory"]):
+        raise TypeError(f"default_factory must be callable, not {type(extra['default_factory']).__name__}")
     if desc is None and "description" in extra:
         desc = extra["description"]
-    return Field("", kind, annotation, desc, prefix)
+    kept = FieldExtra((k, v) for k, v in extra.items() if k in _KEPT_ARGS)
+    return Field("", kind, annotation, desc, prefix, extra=kept or None)
 
 
 def InputField(
@@ -227,8 +289,8 @@ class _SignatureMeta(type):
             return super().__new__(mcs, cls_name, bases, ns, **kw)
         return _from_class_body(cls_name, ns)
 
-    def __call__(cls, spec: Any, instructions: str | None = None) -> Any:
-        return signature(spec, instructions)
+    def __call__(cls, spec: Any, instructions: str | None = None, *, custom_types: Any = None) -> Any:
+        return signature(spec, instructions, custom_types=custom_types)
 
 
 class Signature(metaclass=_SignatureMeta):
@@ -426,8 +488,10 @@ def _check_name(name: str, spec: str | None = None, pos: int | None = None) -> N
 
 
 def _check_annotation(name: str, annotation: Any) -> None:
-    if not _types.is_supported(annotation) and not isinstance(annotation, type):
-        raise SignatureError(f"unsupported type {annotation!r} for field {name!r}")
+    if not _types.is_well_formed(annotation):
+        raise SignatureError(
+            f"unsupported type {annotation!r} for field {name!r} (or nested deeper than {_types.MAX_DEPTH} levels)"
+        )
 
 
 def _split_fields(spec: str, start: int, end: int) -> list[tuple[int, int]]:
@@ -502,7 +566,10 @@ def _find_arrows(spec: str) -> list[int]:
 _WS = " \t\n\r\f\v"
 
 
-def _parse_side(spec: str, start: int, end: int, kind: str, out: list[Field], seen: dict[str, int]) -> None:
+def _parse_side(
+    spec: str, start: int, end: int, kind: str, out: list[Field], seen: dict[str, int],
+    resolve: _types.Resolver | None = None,
+) -> None:
     if not spec[start:end].strip(_WS):
         return  # an empty side is allowed, as in DSPy ("-> answer")
     parts = _split_fields(spec, start, end)
@@ -521,7 +588,7 @@ def _parse_side(spec: str, start: int, end: int, kind: str, out: list[Field], se
             annotation: Any = str
         else:
             name = piece[:colon].strip(_WS)
-            annotation = _types.parse_type(spec, a + colon + 1, b)
+            annotation = _types.parse_type(spec, a + colon + 1, b, resolve)
         if not name:
             raise SignatureError("empty field name", spec, name_pos)
         if not name.isidentifier() or iskeyword(name):
@@ -544,6 +611,8 @@ def _compile_simple(spec: str, instructions: str | None) -> Signature | None:
         return None
     fields: list[Field] = []
     seen: set[str] = set()
+    if not parts[1].strip():
+        return None  # no outputs: the full scanner reports it
     for kind, side in (("input", parts[0]), ("output", parts[1])):
         if not side.strip():
             continue
@@ -556,8 +625,8 @@ def _compile_simple(spec: str, instructions: str | None) -> Signature | None:
     return Signature._build(fields, instructions)
 
 
-def _compile(spec: str, instructions: str | None) -> Signature:
-    if instructions is None or isinstance(instructions, str):
+def _compile(spec: str, instructions: str | None, resolve: _types.Resolver | None = None) -> Signature:
+    if resolve is None and (instructions is None or isinstance(instructions, str)):
         fast = _compile_simple(spec, instructions)
         if fast is not None:
             return fast
@@ -569,24 +638,65 @@ def _compile(spec: str, instructions: str | None) -> Signature:
     arrow = arrows[0]
     fields: list[Field] = []
     seen: dict[str, int] = {}
-    _parse_side(spec, 0, arrow, "input", fields, seen)
-    _parse_side(spec, arrow + 2, len(spec), "output", fields, seen)
+    _parse_side(spec, 0, arrow, "input", fields, seen, resolve)
+    _parse_side(spec, arrow + 2, len(spec), "output", fields, seen, resolve)
+    if not any(f[1] == "output" for f in fields):
+        raise SignatureError(_NO_OUTPUTS, spec, len(spec))
     if instructions is not None and not isinstance(instructions, str):
         raise TypeError(f"instructions must be a string, not {type(instructions).__name__}")
     return Signature._build(fields, instructions)
 
 
 _compile_cached = functools.lru_cache(maxsize=2048)(_compile)
+_NO_OUTPUTS = "no output fields: a signature needs at least one output after '->' (e.g. 'question -> answer')"
 
 
-def signature(spec: Any, instructions: str | None = None) -> Signature:
+def _resolver(custom_types: Mapping[str, Any] | None, depth: int = 2) -> _types.Resolver:
+    """Look names up in ``custom_types``, then the caller's scope (as DSPy's
+    ``_detect_custom_types_from_caller``); dotted names walk attributes (``Container.Query``)."""
+    frame: Any = sys._getframe(depth - 1)
+    scopes: list[Mapping[str, Any]] = [custom_types] if custom_types else []
+    for _ in range(100):  # DSPy looks up to 100 frames up
+        if frame is None:
+            break
+        if not str(frame.f_globals.get("__name__", "")).startswith("dspex."):
+            scopes += [frame.f_locals, frame.f_globals]
+        frame = frame.f_back
+
+    def resolve(name: str) -> Any:
+        head, *rest = name.split(".")
+        for scope in scopes:
+            if head in scope:
+                obj = scope[head]
+                for part in rest:
+                    obj = getattr(obj, part, None)
+                if isinstance(obj, type) or _types.is_supported(obj):
+                    return obj
+                return None
+        return None
+
+    return resolve
+
+
+def signature(
+    spec: Any, instructions: str | None = None, *, custom_types: Mapping[str, Any] | None = None
+) -> Signature:
     """Compile ``spec`` (a string, a ``Signature``, or a dict of fields) into a Signature.
 
     Strings are compiled once per ``(spec, instructions)`` and cached; passing
     ``instructions`` with a Signature returns a copy with those instructions.
+    Type names outside the built-in vocabulary come from ``custom_types={"Name": cls}``,
+    else from the calling scope (as in DSPy); those signatures are not cached.
     """
     if spec.__class__ is str:
-        return _compile_cached(spec, instructions)
+        if custom_types:
+            return _compile(spec, instructions, _resolver(custom_types))
+        try:
+            return _compile_cached(spec, instructions)
+        except SignatureError as exc:
+            if "unknown type" not in str(exc):
+                raise
+            return _compile(spec, instructions, _resolver(None))
     if isinstance(spec, Signature):
         return spec if instructions is None else spec.with_instructions(instructions)
     if isinstance(spec, Mapping):
@@ -602,16 +712,20 @@ def signature(spec: Any, instructions: str | None = None) -> Signature:
                 fields.append(value.bind(name) if value.name != name else value)
             else:
                 raise SignatureError(f"field {name!r} must be a Field or a (type, Field) pair, not {value!r}")
+        if not any(f.kind == "output" for f in fields):
+            raise SignatureError(_NO_OUTPUTS)
         return Signature._build(fields, instructions)
     if isinstance(spec, str):  # str subclass
-        return _compile_cached(str(spec), instructions)
+        return signature(str(spec), instructions, custom_types=custom_types)
     raise TypeError(f"cannot make a signature from {type(spec).__name__}; pass a string like 'question -> answer'")
 
 
-def ensure_signature(spec: Any, instructions: str | None = None) -> Signature:
+def ensure_signature(
+    spec: Any, instructions: str | None = None, *, custom_types: Mapping[str, Any] | None = None
+) -> Signature:
     """``signature`` that also accepts DSPy signature classes (read through their fields)."""
     if isinstance(spec, (str, Signature, Mapping)):
-        return signature(spec, instructions)
+        return signature(spec, instructions, custom_types=custom_types)
     fields_attr = getattr(spec, "input_fields", None)
     if fields_attr is not None and hasattr(spec, "output_fields"):  # a dspy.Signature class
         return _from_dspy(spec) if instructions is None else _from_dspy(spec).with_instructions(instructions)
@@ -623,8 +737,23 @@ def _from_dspy(cls: Any) -> Signature:
     for kind, group in (("input", cls.input_fields), ("output", cls.output_fields)):
         for name, info in group.items():
             extra = info.json_schema_extra or {}
-            fields.append(Field(name, kind, info.annotation, extra.get("desc"), extra.get("prefix")))
+            fields.append(Field(name, kind, info.annotation, extra.get("desc"), extra.get("prefix"),
+                                extra=_dspy_extra(info)))
     return Signature._build(fields, cls.instructions, getattr(cls, "__name__", "StringSignature"))
+
+
+def _dspy_extra(info: Any) -> FieldExtra | None:
+    """Defaults and constraints of a pydantic FieldInfo (a dspy.Signature field)."""
+    pairs: list[tuple[str, Any]] = []
+    if info.default_factory is not None:
+        pairs.append(("default_factory", info.default_factory))
+    elif not info.is_required():
+        pairs.append(("default", info.default))
+    for meta in info.metadata:
+        for key in CONSTRAINT_TEXT:
+            if getattr(meta, key, None) is not None:
+                pairs.append((key, getattr(meta, key)))
+    return FieldExtra(pairs) if pairs else None
 
 
 def _from_class_body(cls_name: str, ns: dict[str, Any]) -> Signature:
@@ -643,7 +772,7 @@ def _from_class_body(cls_name: str, ns: dict[str, Any]) -> Signature:
         if isinstance(ann, str):
             if len(ann) > 1 and ann[0] == ann[-1] and ann[0] in "'\"":
                 ann = ann[1:-1]  # `x: "list[int]"` under `from __future__ import annotations`
-            ann = _types.parse_type(ann, 0, len(ann))
+            ann = _types.parse_type(ann, 0, len(ann), _resolver(ns))
         else:
             _check_annotation(attr, ann)
         _check_name(attr)
@@ -657,4 +786,6 @@ def _from_class_body(cls_name: str, ns: dict[str, Any]) -> Signature:
     if doc is not None:
         instructions = doc
     ordered = [f for f in fields.values() if f.kind == "input"] + [f for f in fields.values() if f.kind == "output"]
+    if not any(f.kind == "output" for f in ordered):
+        raise SignatureError(f"{cls_name} has no output fields: declare at least one with OutputField()")
     return Signature._build(ordered, instructions, cls_name, from_class=doc is not None)

@@ -157,12 +157,13 @@ class Prediction(Example):
     and add like numbers, as in DSPy.
     """
 
-    __slots__ = ("_completions", "_lm_usage")
+    __slots__ = ("_completions", "_lm_usage", "_trace")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         object.__setattr__(self, "_completions", None)
         object.__setattr__(self, "_lm_usage", None)
+        object.__setattr__(self, "_trace", None)
 
     @classmethod
     def from_completions(cls, list_or_dict: list[dict[str, Any]] | dict[str, list[Any]], signature: Any = None) -> Prediction:
@@ -181,6 +182,13 @@ class Prediction(Example):
 
     def set_lm_usage(self, value: Any) -> None:
         object.__setattr__(self, "_lm_usage", value)
+
+    def get_trace(self) -> list[tuple[Any, dict[str, Any], Prediction]] | None:
+        """A ``dspex.Module`` call's trace: ``(predictor, inputs, prediction)`` per predictor call."""
+        return self._trace
+
+    def set_trace(self, value: list[tuple[Any, dict[str, Any], Prediction]] | None) -> None:
+        object.__setattr__(self, "_trace", value)
 
     def __repr__(self) -> str:
         store_repr = ",\n    ".join(f"{k}={v!r}" for k, v in self._store.items())
