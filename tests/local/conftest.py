@@ -3,6 +3,9 @@
 Every test here runs against its own state directory (``DSPEX_LOCAL_STATE_DIR``),
 so it never adopts or stops a developer's real server, and one real llama.cpp
 server (``local_service``) is shared by the whole package to keep startups few.
+That server runs SmolLM2-135M (``DSPEX_LOCAL_MODEL=smollm2-135m``): the plumbing
+tests only need something fast. Tests of the default model's answers
+(test_default_model.py) choose it explicitly.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import pytest
 from dspex.local import LocalModelService, model_path
 
 from ._gbnf import GrammarChecker
+
+FAST_MODEL = "smollm2-135m"
 
 
 def _server_installed() -> bool:
@@ -37,7 +42,7 @@ def local_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = tmp_path_factory.mktemp("dspex-local-state")
     os.environ["DSPEX_LOCAL_STATE_DIR"] = str(d)
     os.environ.pop("DSPEX_LOCAL_BASE_URL", None)
-    os.environ.pop("DSPEX_LOCAL_MODEL", None)
+    os.environ["DSPEX_LOCAL_MODEL"] = FAST_MODEL
     try:
         yield d
     finally:

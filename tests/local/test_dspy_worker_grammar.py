@@ -34,8 +34,14 @@ MAX_TOKENS = 96  # short replies: the model runs on a shared CPU
 @pytest.fixture(scope="module")
 def pool() -> Iterator[Pool]:
     # No DSPEX_LOCAL_BASE_URL on purpose: the LM spec's api_base is all a worker needs.
-    p = Pool("grammar-test", size=1, handlers=["dspex.bridge.dspy_handlers"], preload=["dspy"], env=ENV,
-             call_timeout_s=200)
+    p = Pool(
+        "grammar-test",
+        size=1,
+        handlers=["dspex.bridge.dspy_handlers"],
+        preload=["dspy"],
+        env=ENV,
+        call_timeout_s=200,
+    )
     p.start()
     try:
         yield p
@@ -50,20 +56,34 @@ def fake() -> Iterator[FakeLMServer]:
 
 
 def _spec(base_url: str, grammar: bool | None) -> dict[str, Any]:
-    lm = dspex.LM("openai/fake", api_base=base_url, cache=False, num_retries=0, max_tokens=200,
-                  temperature=0.0, grammar=grammar)
+    lm = dspex.LM(
+        "openai/fake",
+        api_base=base_url,
+        cache=False,
+        num_retries=0,
+        max_tokens=200,
+        temperature=0.0,
+        grammar=grammar,
+    )
     return lm.to_spec()
 
 
 # --------------------------------------------------------------------------- wire (fake server)
 
+
 @pytest.mark.timeout(120)
 def test_grammar_reaches_the_server_only_when_the_spec_says_so(pool: Pool, fake: FakeLMServer) -> None:
     for grammar, adapter in ((True, None), (True, "json"), (None, None), (False, None)):
         fake.reset()
-        out = pool.call("dspy.run", module="ChainOfThought", signature="question -> answer: int",
-                        inputs={"question": "2+2?"}, lm=_spec(fake.base_url, grammar), adapter=adapter,
-                        usage=False)
+        out = pool.call(
+            "dspy.run",
+            module="ChainOfThought",
+            signature="question -> answer: int",
+            inputs={"question": "2+2?"},
+            lm=_spec(fake.base_url, grammar),
+            adapter=adapter,
+            usage=False,
+        )
         assert isinstance(out["outputs"]["answer"], int)
         bodies = [r["json"] for r in fake.requests if r["path"].endswith("/chat/completions")]
         assert bodies, fake.requests
@@ -92,9 +112,13 @@ def test_grammar_for_dspy_prompts() -> None:
     from dspex.native.signature import signature
 
     spec = "question, context: list[str] -> reasoning, answer: int, tags: list[str], ok: bool"
-    msgs = dspy.ChatAdapter().format(dspy.Signature(spec), demos=[], inputs={"question": "q", "context": ["c"]})
+    msgs = dspy.ChatAdapter().format(
+        dspy.Signature(spec), demos=[], inputs={"question": "q", "context": ["c"]}
+    )
     assert grammar_for_messages(msgs, 300) == gbnf_for(signature(spec), ChatAdapter(), max_tokens=300)
-    msgs = dspy.JSONAdapter().format(dspy.Signature(spec), demos=[], inputs={"question": "q", "context": ["c"]})
+    msgs = dspy.JSONAdapter().format(
+        dspy.Signature(spec), demos=[], inputs={"question": "q", "context": ["c"]}
+    )
     assert grammar_for_messages(msgs, 300) == gbnf_for(signature(spec), "json", max_tokens=300)
     cot = dspy.ChainOfThought("question -> choice: Literal['yes', 'no']")
     msgs = dspy.ChatAdapter().format(cot.predict.signature, demos=[], inputs={"question": "q"})
@@ -102,18 +126,32 @@ def test_grammar_for_dspy_prompts() -> None:
     assert grammar is not None and '"yes"' in grammar and "[[ ## reasoning ## ]]" in grammar
     # Not a DSPy prompt, an unknown type, or a reminder that disagrees with the system message: no grammar.
     assert grammar_for_messages([{"role": "user", "content": "hello"}], 100) is None
-    unknown = [{"role": "user", "content": "Respond with the corresponding output fields, starting with the field "
-                "`[[ ## a ## ]]` (must be formatted as a valid Python MyModel), and then ending with the marker "
-                "for `[[ ## completed ## ]]`."}]
+    unknown = [
+        {
+            "role": "user",
+            "content": "Respond with the corresponding output fields, starting with the field "
+            "`[[ ## a ## ]]` (must be formatted as a valid Python MyModel), and then ending with the marker "
+            "for `[[ ## completed ## ]]`.",
+        }
+    ]
     assert grammar_for_messages(unknown, 100) is None
-    mismatch = [{"role": "system", "content": "Your output fields are:\n1. `a` (str): \n2. `b` (str):\nAll "
-                 "interactions will be structured in the following way"},
-                {"role": "user", "content": "Respond with the corresponding output fields, starting with the "
-                 "field `[[ ## a ## ]]`, and then ending with the marker for `[[ ## completed ## ]]`."}]
+    mismatch = [
+        {
+            "role": "system",
+            "content": "Your output fields are:\n1. `a` (str): \n2. `b` (str):\nAll "
+            "interactions will be structured in the following way",
+        },
+        {
+            "role": "user",
+            "content": "Respond with the corresponding output fields, starting with the "
+            "field `[[ ## a ## ]]`, and then ending with the marker for `[[ ## completed ## ]]`.",
+        },
+    ]
     assert grammar_for_messages(mismatch, 100) is None
 
 
 # --------------------------------------------------------------------------- the embedded model
+
 
 def _children(pids: list[int]) -> list[str]:
     """Command lines of the processes whose parent is one of ``pids``."""
@@ -122,15 +160,18 @@ def _children(pids: list[int]) -> list[str]:
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[1]) in pids:
-                out.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                out.append(
+                    (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
         except (OSError, IndexError, ValueError):
             continue
     return out
 
 
 @pytest.mark.slow
-def test_dspy_in_a_worker_parses_on_the_embedded_model(pool: Pool, local_service: LocalModelService,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dspy_in_a_worker_parses_on_the_embedded_model(
+    pool: Pool, local_service: LocalModelService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dspex.local.service as service_module
 
     monkeypatch.setattr(service_module, "_default", None)
@@ -140,19 +181,26 @@ def test_dspy_in_a_worker_parses_on_the_embedded_model(pool: Pool, local_service
     lm = dspex.local.default_lm().copy(max_tokens=MAX_TOKENS, cache=False)
     assert lm.to_spec()["grammar"] is True and lm.api_base == url
 
-    pred = dspex.predict("question -> answer: int", {"question": "What is 2 + 3?"}, impl="dspy", lm=lm, pool=pool)
+    pred = dspex.predict(
+        "question -> answer: int", {"question": "What is 2 + 3?"}, impl="dspy", lm=lm, pool=pool
+    )
     assert isinstance(pred["answer"], int)
-    pred = dspex.predict("topic -> keywords: list[str]", {"topic": "the planet Mars"}, impl="dspy", lm=lm,
-                         pool=pool)
+    pred = dspex.predict(
+        "topic -> keywords: list[str]", {"topic": "the planet Mars"}, impl="dspy", lm=lm, pool=pool
+    )
     assert isinstance(pred["keywords"], list) and all(isinstance(k, str) for k in pred["keywords"])
 
     cot = dspex.chain_of_thought("question -> answer: bool", impl="dspy", lm=lm, pool=pool)
     pred = cot(question="Is Jupiter larger than Mars?")
     assert isinstance(pred["answer"], bool) and isinstance(pred["reasoning"], str) and pred["reasoning"]
-    out = pool.call("dspy.run", module="ChainOfThought",
-                    signature="question, search_queries: list[str] -> refined_queries: list[str]",
-                    inputs={"question": "Which planet has the most moons?", "search_queries": ["moons"]},
-                    lm=lm.to_spec(), usage=False)
+    out = pool.call(
+        "dspy.run",
+        module="ChainOfThought",
+        signature="question, search_queries: list[str] -> refined_queries: list[str]",
+        inputs={"question": "Which planet has the most moons?", "search_queries": ["moons"]},
+        lm=lm.to_spec(),
+        usage=False,
+    )
     refined = out["outputs"]["refined_queries"]
     assert isinstance(refined, list) and all(isinstance(q, str) for q in refined)
 

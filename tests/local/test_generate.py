@@ -15,7 +15,7 @@ import pytest
 import dspex
 import dspex.local.service as local_service_module
 from dspex.errors import LMError
-from dspex.local import LM_MODEL, LocalModelService, default_lm
+from dspex.local import LocalModelService, default_lm
 from dspex.native.adapters import ChatAdapter
 from dspex.native.grammar import gbnf_for
 from dspex.native.signature import signature
@@ -43,7 +43,7 @@ def lm(local_service: LocalModelService, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 def test_default_lm_points_at_the_service(lm: Any, local_service: LocalModelService) -> None:
-    assert lm.model == LM_MODEL
+    assert lm.model == f"openai/{local_service.alias}"  # the fast model (conftest), not LM_MODEL
     assert lm.api_base == local_service.ensure_running()
     assert lm.supports_grammar is True
     assert lm.temperature == 0.0

@@ -123,7 +123,20 @@ def test_text_length_cap(checker: GrammarChecker) -> None:
 def test_max_tokens_shrinks_the_cap_to_fit_every_field() -> None:
     g = gbnf_for("question -> reasoning, answer", "chat", max_tokens=64)
     assert "{0,599}" not in g
-    assert "text-" in g
+    assert "plain-" in g
+
+
+def test_plain_text_cannot_echo_placeholders_or_open_code_fences(checker: GrammarChecker) -> None:
+    sig = signature("question -> answer")
+    g = gbnf_for(sig, "chat")
+    ok = "[[ ## answer ## ]]\nParis (the {1} capital, `x` = {  }), see [1].\n\n[[ ## completed ## ]]"
+    assert checker.accepts(g, ok)
+    assert ChatAdapter().parse(sig, ok)["answer"].startswith("Paris")
+    for echo in ("{answer}", "The answer is {answer}.", "```python\nprint(1)\n```", "{question} {context}"):
+        assert not checker.accepts(g, f"[[ ## answer ## ]]\n{echo}\n\n[[ ## completed ## ]]"), echo
+    # a field named for code keeps braces and fences
+    code = gbnf_for(signature("task -> code"), "chat")
+    assert checker.accepts(code, "[[ ## code ## ]]\n```python\nd = {x: 1}\n```\n\n[[ ## completed ## ]]")
 
 
 def test_bool_literal_enum_values(checker: GrammarChecker) -> None:

@@ -15,8 +15,11 @@ import httpx
 import pytest
 
 from dspex.errors import LocalModelError
-from dspex.local import MODEL_ALIAS, LocalModelService, serve, server_status, stop_server
-from dspex.local.service import _paths, _pid_alive
+from dspex.local import MODELS, LocalModelService, serve, server_status, stop_server
+from dspex.local._proc import pid_alive as _pid_alive
+from dspex.local._state import paths as _paths
+
+MODEL_ALIAS = MODELS["smollm2-135m"].alias  # conftest: the fast model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

