@@ -313,13 +313,16 @@ class PipelineTarget(Target):
 
     def __init__(self, cfg: EndpointConfig, lm: Any, manager: Any):
         from ..pipeline import Pipeline
+        from ..pipeline.validation import validate
 
         if not cfg.path or not os.path.isfile(cfg.path):
             raise ConfigError(f"pipeline {cfg.name!r}: file {cfg.path!r} does not exist")
         pipe = Pipeline.load(cfg.path, allow=list(cfg.allow), lm=lm, manager=manager)
         v = pipe.validate()
         declared = pipe.inputs if pipe.inputs is not None else v.required
-        inputs = {n: FieldInfo(n, tp) for n, tp in declared.items()}
+        # a saved pipeline keeps its input names; the types come from the steps that read them
+        readers = validate(pipe, None).required
+        inputs = {n: FieldInfo(n, tp if tp is not None else readers.get(n)) for n, tp in declared.items()}
         writes: dict[str, FieldInfo] = {}
         for _, step in pipe.walk():
             for w in step.writes:
