@@ -17,6 +17,8 @@ Modules. Host side (``Pool`` is one class assembled from the ``_`` parts):
   _template.py    the template (zygote) process that forks workers, from the host's side
   manager.py      ``PoolManager``: named pools from config, the default manager
   sessions.py     the session store (worker binding, cap, TTL); stats.py: latency quantiles
+  backend.py      ``PoolBackend``: the interface both backends offer; ``backend =`` in config
+  _ray/           ``RayPool``: the same interface on Ray actors (``backend = "ray"``)
 Both sides: protocol.py (frames, codec, message kinds).
 Worker side (stdlib + msgpack only): worker.py (entry point), _zygote.py (the template:
 imports once, forks and reaps workers and what they leave behind), _runtime.py (a worker
@@ -32,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 # Eager (stdlib only): the submodule ``handler`` would otherwise shadow the decorator.
 from .handler import Context, handler
 
-__all__ = ["CallResult", "Context", "Pool", "PoolManager", "handler", "manager", "set_default_manager"]
+__all__ = [
+    "CallResult", "Context", "Pool", "PoolBackend", "PoolManager", "RayPool", "handler", "manager", "set_default_manager",
+]
 
 _LAZY = {
     "Pool": ".pool",
@@ -40,6 +44,8 @@ _LAZY = {
     "PoolManager": ".manager",
     "manager": ".manager",
     "set_default_manager": ".manager",
+    "PoolBackend": ".backend",
+    "RayPool": "._ray",  # imports Ray: only when asked for
 }
 
 
@@ -53,5 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._ray import RayPool
+    from .backend import PoolBackend
     from .manager import PoolManager, manager, set_default_manager
     from .pool import CallResult, Pool

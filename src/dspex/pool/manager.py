@@ -9,7 +9,7 @@ import types
 from typing import Any
 
 from dspex.errors import ConfigError
-from dspex.pool.pool import Pool
+from dspex.pool.backend import PoolBackend, backend_keys, create_pool
 
 __all__ = ["PoolManager", "manager", "set_default_manager"]
 
@@ -63,16 +63,17 @@ class PoolManager:
         for name, table in pools.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"pools.{name} must be a table, not {type(table).__name__}")
-            unknown = set(table) - _KEYS
+            known = backend_keys(name, table, _KEYS)  # backend = "local" | "ray"
+            unknown = set(table) - known
             if unknown:
                 raise ConfigError(
-                    f"pools.{name}: unknown option(s) {sorted(unknown)}; known: {sorted(_KEYS)}"
+                    f"pools.{name}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}"
                 )
         self._config: dict[str, dict[str, Any]] = {k: dict(v) for k, v in pools.items()}
         if forward_stderr is not None:  # a default: a pool's own table still decides
             for table in self._config.values():
                 table.setdefault("forward_stderr", forward_stderr)
-        self._pools: dict[str, Pool] = {}
+        self._pools: dict[str, PoolBackend] = {}
         # name -> (done event, [error]) while its first get() starts it
         self._starting: dict[str, tuple[threading.Event, list[BaseException]]] = {}
         self._lock = threading.Lock()
@@ -90,7 +91,7 @@ class PoolManager:
             )
         return dict(self._config[name])
 
-    def get(self, name: str, **overrides: Any) -> Pool:
+    def get(self, name: str, **overrides: Any) -> PoolBackend:
         """The pool ``name``, started on first use (``overrides`` apply then, e.g. callbacks=).
 
         Returns only a started pool: threads asking while the first one starts it wait
@@ -106,7 +107,7 @@ class PoolManager:
                     from dspex.errors import PoolClosed
 
                     raise PoolClosed(f"the pool manager is closed; cannot start {name!r}", pool=name)
-                pool = Pool(name, **{**self.config(name), **overrides})
+                pool = create_pool(name, {**self.config(name), **overrides})
                 self._pools[name] = pool
                 starting = self._starting[name] = (threading.Event(), [])
                 owner = True
