@@ -97,11 +97,17 @@ def _minilm() -> Any:
 
 
 def make_embedder(kind: str, corpus: list[str]) -> Any:
+    from . import _embedders
+
+    if kind == "auto":  # the neural embedder when installed, else hashing
+        kind = "e5" if _embedders.available("e5") else "hash"
+    if kind == "e5":
+        return _embedders.E5Embedder()
     if kind == "hash":
         return HashEmbedder().fit(corpus)
     if kind == "minilm":
         return _minilm()
-    raise ValueError(f"unknown embedder {kind!r}: use 'hash' (default) or 'minilm'")
+    raise ValueError(f"unknown embedder {kind!r}: use 'hash' (default), 'e5', 'auto' or 'minilm'")
 
 
 _indexes: OrderedDict[str, tuple[Any, list[Any]]] = OrderedDict()
@@ -132,7 +138,10 @@ def _index(corpus: Any, embedder: str) -> tuple[Any, list[Any]]:
         if hit is not None:
             _indexes.move_to_end(key)
             return hit
-        index = Embeddings(corpus=texts, embedder=make_embedder(embedder, texts), k=5)
+        embed = make_embedder(embedder, texts)
+        index = Embeddings(corpus=texts, embedder=embed, k=5)
+        if hasattr(embed, "for_queries"):  # E5: passages indexed, queries embedded with their prefix
+            index.embedder = embed.for_queries()
         _indexes[key] = (index, pids)
         while len(_indexes) > 4:
             _indexes.popitem(last=False)
