@@ -115,7 +115,8 @@ def test_usage_reported_inside_a_context(fake_lm: FakeLMServer, dspy_pool) -> No
 
 
 def test_inline_and_threaded_run_agree(dspy_pool) -> None:
-    from dspex import api
+    from dspex import router
+    from dspex.router import dispatch
 
     spec = {"kind": "dummy", "answers": {"answer": "x"}, "always": True}
     kw = {"module": "Predict", "signature": "question -> answer", "inputs": {"question": "?"}, "lm": spec}
@@ -123,7 +124,10 @@ def test_inline_and_threaded_run_agree(dspy_pool) -> None:
     b = dspy_pool.call_with("dspy.run_inline", kwargs=kw)
     assert a["outputs"] == b["outputs"] == {"answer": "x"}
     # The API's choice: unknown or slow LMs -> threaded; LMs seen answering fast -> inline.
-    assert api._run_handler("never-seen") == "dspy.run"
-    api._observe("slow-lm", 0.2)
-    api._observe("fast-lm", 0.001)
-    assert api._run_handler("slow-lm") == "dspy.run" and api._run_handler("fast-lm") == "dspy.run_inline"
+    d = router.decide("predict", None, impl="dspy")
+    assert d.handlers == ("dspy.run",)
+    assert dispatch.handler_for(d, "never-seen") == "dspy.run"
+    dispatch.observe("slow-lm", 0.2)
+    dispatch.observe("fast-lm", 0.001)
+    assert dispatch.handler_for(d, "slow-lm") == "dspy.run"
+    assert dispatch.handler_for(d, "fast-lm") == "dspy.run_inline"

@@ -29,7 +29,7 @@ def test_operations_are_the_functions_not_the_modules_of_the_same_job() -> None:
 
 def test_all_names_and_the_helpers_others_import_resolve() -> None:
     assert set(OPERATIONS) <= set(api.__all__)
-    for name in [*api.__all__, "signature_wire", "_run_handler", "_observe"]:
+    for name in [*api.__all__, "signature_wire"]:
         assert callable(getattr(api, name)), name
     wire = api.signature_wire(dspex.signature("question -> answer: int"))
     assert wire == {"spec": "question -> answer: int"}

@@ -27,33 +27,31 @@ Retrieval sources (``source=``):
 * ``"dense:<name or path>"``: ``dspy.retrievers.Embeddings`` in a worker with a
   local embedder (``embedder="hash"`` default, ``"minilm"`` when installed).
 
+Every function here is thin: ``router.decide`` then the router's dispatcher
+(``dspex.router.dispatch``), which pipelines use too. What travels to a worker is built
+in ``dspex.router.payload``, what comes back is read in ``dspex.router.results``.
+
 Modules, one job each (all private; import from ``dspex.api``):
 
 * ``_signatures``: ``signature``, ``compile_signature``;
-* ``_predict``: ``predict``/``apredict`` and a predictor op's two forms (native module,
-  worker payload);
+* ``_predict``: ``predict``/``apredict``;
 * ``_predictor``: the reusable handles ``predictor``, ``chain_of_thought``, ``react``;
 * ``_worker_module``: :class:`WorkerModule`, a DSPy module in a worker session;
-* ``_tools``: host functions as worker tools (``tool_spec``, callbacks);
 * ``_optimize``: ``optimize``/``aoptimize``/``optimize_events``, :class:`OptimizeResult`;
-* ``_retrieve``: ``retrieve``/``aretrieve`` and the ``source=`` forms;
-* ``_introspect``: ``explain``, ``router_stats``;
-* ``_wire`` (what travels to a worker), ``_results`` (what comes back), ``_pools``
-  (which pool runs a call): shared by the above.
+* ``_retrieve``: ``retrieve``/``aretrieve``;
+* ``_introspect``: ``explain``, ``router_stats``.
 """
 
 from __future__ import annotations
 
+from ..router.payload import signature_wire as signature_wire  # the bridge's signature wire form
+from ..router.tools import tool_spec
 from ._introspect import explain, router_stats
 from ._optimize import OptimizeResult, aoptimize, optimize, optimize_events
-from ._predict import _observe as _observe  # the worker-handler choice, read by tests/bridge
-from ._predict import _run_handler as _run_handler
 from ._predict import apredict, predict
 from ._predictor import chain_of_thought, predictor, react
 from ._retrieve import aretrieve, retrieve
 from ._signatures import compile_signature, signature
-from ._tools import tool_spec
-from ._wire import signature_wire as signature_wire  # the bridge's signature wire form
 from ._worker_module import WorkerModule
 
 __all__ = [

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import router
-from ..errors import ImplementationUnavailable, RemoteError
-from ._pools import _pool
-from ._results import _remote
-from ._wire import _OP_MODULE, _adapter_wire, _lm_spec, _sig, signature_wire
+from ..errors import ImplementationUnavailable
+from ..router.dispatch import acall_worker, call_worker
+from ..router.payload import adapter_wire as _adapter_wire
+from ..router.payload import as_signature as _sig
+from ..router.payload import lm_spec as _lm_spec
+from ..router.payload import signature_wire
+from ..wire import OP_MODULE as _OP_MODULE
 from ._worker_module import WorkerModule
 
 
@@ -37,6 +40,10 @@ class OptimizeResult:
     @property
     def program(self) -> Any:
         """The optimized program as a native Predict / ChainOfThought (state loaded)."""
+        if self._program is None and self.module == "Program":  # a composite dspex.Module
+            from ._module import load_optimized
+
+            self._program = load_optimized(self.signature, self.state)
         if self._program is None:
             from ..native.predict import ChainOfThought, Predict
 
@@ -56,7 +63,13 @@ class OptimizeResult:
 
 
 def _program_payload(program: Any) -> tuple[dict[str, Any], Any]:
+    from ..native.module import Module
     from ..native.predict import ChainOfThought, Predict
+
+    if isinstance(program, Module):  # composite: shipped by value, see api/_module.py
+        from ._module import program_payload
+
+        return program_payload(program), program
 
     if isinstance(program, ChainOfThought):
         base = program.signature.delete("reasoning") if "reasoning" in program.signature.output_fields else program.signature
@@ -165,16 +178,13 @@ def optimize(program: Any, trainset: Iterable[Any], *, optimizer: str = "miprov2
     (see bridge/_optimize.py).
     """
     progress = progress or on_event
-    router.decide("optimize", None, impl=impl)
+    d = router.decide("optimize", None, impl=impl)
     kwargs, callbacks, base_sig = _optimize_call(program, trainset, optimizer, metric, lm, valset, input_keys,
                                                  checkpoint, prompt_lm, reflection_lm, teacher_lm, adapter, options)
     events: list[dict[str, Any]] = []
     with router.track("optimize", "dspy"):
-        try:
-            out = _pool("optimizer", pool).call_with("dspy.optimize", kwargs=kwargs, callbacks=callbacks or None,
-                                                     on_event=_on_event(events, progress), timeout=timeout)
-        except RemoteError as exc:
-            raise _remote(exc) from exc
+        out = call_worker(d, kwargs, pool=pool, callbacks=callbacks, on_event=_on_event(events, progress),
+                          timeout=timeout)
     return _result(out, base_sig, events)
 
 
@@ -187,16 +197,13 @@ async def aoptimize(program: Any, trainset: Iterable[Any], *, optimizer: str = "
                     **options: Any) -> OptimizeResult:
     """The async form of :func:`optimize`. Cancelling the awaiting task cancels the worker call."""
     progress = progress or on_event
-    router.decide("optimize", None, impl=impl)
+    d = router.decide("optimize", None, impl=impl)
     kwargs, callbacks, base_sig = _optimize_call(program, trainset, optimizer, metric, lm, valset, input_keys,
                                                  checkpoint, prompt_lm, reflection_lm, teacher_lm, adapter, options)
     events: list[dict[str, Any]] = []
     with router.track("optimize", "dspy"):
-        try:
-            out = await _pool("optimizer", pool).acall("dspy.optimize", callbacks=callbacks or None,
-                                                       on_event=_on_event(events, progress), timeout=timeout, **kwargs)
-        except RemoteError as exc:
-            raise _remote(exc) from exc
+        out = await acall_worker(d, kwargs, pool=pool, callbacks=callbacks, on_event=_on_event(events, progress),
+                                 timeout=timeout)
     return _result(out, base_sig, events)
 
 

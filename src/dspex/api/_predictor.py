@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .. import router
-from ._predict import _native_module
-from ._wire import _op_of, _sig
+from ..router import decide
+from ..router.payload import as_signature, native_module
+from ..wire import op_of
 from ._worker_module import WorkerModule
 
 
@@ -17,19 +17,19 @@ def predictor(type: str = "predict", signature: Any = None, /, *, impl: str | No
               **config: Any) -> Any:
     """A reusable predictor handle: native ``Predict``/``ChainOfThought`` when the router picks
     native, else a :class:`WorkerModule` (a DSPy module in a worker session)."""
-    op = _op_of(type)
+    op = op_of(type)
     if signature is None:
         signature = config.pop("signature", None)
     if signature is None:
         raise TypeError("predictor() needs a signature")
-    s = _sig(signature)
+    s = as_signature(signature)
     opts = dict(config)
     if tools is not None:
-        opts["tools"] = tools
-    d = router.decide(op, s, impl=impl, adapter=adapter, **opts)
+        opts["tools"] = tools = list(tools)
+    d = decide(op, s, impl=impl, form="handle", adapter=adapter, **opts)
     if d.impl == "native":
-        return _native_module(op, s, lm, adapter, config)
-    return WorkerModule(op, s, lm=lm, adapter=adapter, pool=pool, tools=tools, **config)
+        return native_module(op, s, lm, adapter, config)
+    return WorkerModule(op, s, lm=lm, adapter=adapter, pool=pool, tools=tools, decision=d, **config)
 
 
 def chain_of_thought(sig: Any, *, impl: str | None = None, lm: Any = None, adapter: Any = None, pool: Any = None,

@@ -35,9 +35,7 @@ import contextvars
 import hashlib
 import json
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -45,9 +43,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import dspy
 
+from ..native._memo import Memo
 from ..pool.handler import Context, handler
+from ..wire import OP_MODULE, E, H, WireError, adapter_name
 from ._convert import build_signature, import_object, prediction_to_dict, to_plain
 from ._lm import build_lm
+from ._tags import key_env, tagged
 
 __all__ = ["ALLOWED_MODULES", "build_module", "current_context"]
 
@@ -66,11 +67,9 @@ _last_ctx: Context | None = None
 
 _RUN_CACHE_SIZE = 64
 _SESSION_MODULES_MAX = 256
-_run_cache: OrderedDict[str, Any] = OrderedDict()
-_run_lock = threading.Lock()
+_run_cache: Memo[Any] = Memo(_RUN_CACHE_SIZE)
 # Modules created without a session (ctx.state is per call then): bounded, oldest dropped.
-_global_modules: OrderedDict[str, Any] = OrderedDict()
-_global_lock = threading.Lock()
+_global_modules: Memo[Any] = Memo(_SESSION_MODULES_MAX)
 
 
 def current_context() -> Context:
@@ -173,16 +172,11 @@ def _allowed_modules() -> dict[str, Any]:
 
 
 ALLOWED_MODULES: dict[str, Any] = _allowed_modules()
-_SNAKE = {
-    "predict": "Predict", "chain_of_thought": "ChainOfThought", "react": "ReAct",
-    "program_of_thought": "ProgramOfThought", "multi_chain_comparison": "MultiChainComparison",
-    "best_of_n": "BestOfN", "refine": "Refine", "code_act": "CodeAct",
-}
 
 
 def module_class(name: str) -> Any:
     key = name.removeprefix("dspy.")
-    key = _SNAKE.get(key, key)
+    key = OP_MODULE.get(key, key)  # an op name ("chain_of_thought") names its module too
     cls = ALLOWED_MODULES.get(key)
     if cls is None:
         raise ValueError(
@@ -228,23 +222,25 @@ def load_state(mod: Any, state: dict[str, Any]) -> None:
 
 
 def _adapter(name: Any) -> Any:
-    if name is None:
+    key = adapter_name(name)
+    if key is None:
         return None
-    key = str(name).lower().removesuffix("adapter")
     if key == "chat":
         return dspy.ChatAdapter()
     if key == "json":
         return dspy.JSONAdapter()
     if key == "xml":
         return dspy.XMLAdapter()
-    if key in ("two_step", "twostep"):
-        raise ValueError("TwoStepAdapter needs its own extraction LM; not available through the bridge yet")
+    if key == "two_step":
+        raise WireError(E.UNSUPPORTED, "TwoStepAdapter needs its own extraction LM; not available through the "
+                        "bridge yet: use adapter='chat', 'json' or 'xml'")
     raise ValueError(f"unknown adapter {name!r}: use 'chat', 'json' or 'xml'")
 
 
 def _invoke(ctx: Context, mod: Any, inputs: dict[str, Any], lm: Any, adapter: Any, usage: bool = True) -> dict[str, Any]:
     # DSPy's usage tracker costs ~25% of an instant call: only when the caller collects usage.
     overrides: dict[str, Any] = {"track_usage": True} if usage else {}
+    key_env(lm)
     lm_obj = build_lm(lm)
     if lm_obj is not None:
         overrides["lm"] = lm_obj
@@ -273,37 +269,23 @@ def _key(*parts: Any) -> str:
     return text if len(text) <= 512 else hashlib.sha1(text.encode()).hexdigest()
 
 
-def _lru_get(cache: OrderedDict[str, Any], lock: threading.Lock, key: str) -> Any:
-    with lock:
-        mod = cache.get(key)
-        if mod is not None:
-            cache.move_to_end(key)
-        return mod
-
-
-def _lru_put(cache: OrderedDict[str, Any], lock: threading.Lock, key: str, mod: Any, limit: int) -> None:
-    with lock:
-        cache[key] = mod
-        while len(cache) > limit:
-            cache.popitem(last=False)
-
-
-def _session_store(ctx: Context) -> tuple[OrderedDict[str, Any], threading.Lock]:
+def _session_store(ctx: Context, name: str = "dspex.modules", size: int = _SESSION_MODULES_MAX) -> Memo[Any]:
     if ctx.session is None:
-        return _global_modules, _global_lock
-    store = ctx.state.setdefault("dspex.modules", OrderedDict())  # setdefault is atomic
-    lock = ctx.state.setdefault("dspex.lock", threading.Lock())
-    return store, lock
+        return _global_modules if name == "dspex.modules" else _run_cache
+    store: Memo[Any] = ctx.state.setdefault(name, Memo(size))  # setdefault is atomic
+    return store
 
 
 # --------------------------------------------------------------------------- handlers
 
-@handler("dspy.ping", concurrent=True)
+@handler(H.PING, concurrent=True)
+@tagged
 def ping(ctx: Context) -> dict[str, Any]:
     return {"pid": os.getpid(), "dspy": dspy.__version__, "session": ctx.session}
 
 
-@handler("dspy.run", concurrent=True)
+@handler(H.RUN, concurrent=True)
+@tagged
 def run(
     ctx: Context,
     module: str,
@@ -321,19 +303,13 @@ def run(
     ``usage=False`` skips DSPy's token-usage tracking (the result's ``usage`` is ``{}``).
     """
     key = _key(module, signature, options, tools, state)
-    if ctx.session is None:
-        cache, lock = _run_cache, _run_lock
-    else:
-        cache = ctx.state.setdefault("dspex.run_cache", OrderedDict())
-        lock = ctx.state.setdefault("dspex.lock", threading.Lock())
-    mod = _lru_get(cache, lock, key)
-    if mod is None:
-        mod = build_module(module, signature, options, tools, state)
-        _lru_put(cache, lock, key, mod, _RUN_CACHE_SIZE)
+    cache = _session_store(ctx, "dspex.run_cache", _RUN_CACHE_SIZE)
+    mod = cache.get(key, lambda: build_module(module, signature, options, tools, state))
     return _invoke(ctx, mod, inputs, lm, adapter, usage)
 
 
-@handler("dspy.run_inline")
+@handler(H.RUN_INLINE)
+@tagged
 def run_inline(
     ctx: Context,
     module: str,
@@ -355,7 +331,8 @@ def run_inline(
     return run(ctx, module, signature, inputs, lm, options, adapter, state, tools, usage)
 
 
-@handler("dspy.create", concurrent=True)
+@handler(H.CREATE, concurrent=True)
+@tagged
 def create(
     ctx: Context,
     module: str,
@@ -367,59 +344,62 @@ def create(
 ) -> dict[str, Any]:
     mod = build_module(module, signature, options, tools, state)
     mid = module_id or f"{module}-{uuid.uuid4().hex[:12]}"
-    store, lock = _session_store(ctx)
-    _lru_put(store, lock, mid, mod, _SESSION_MODULES_MAX)
+    _session_store(ctx).put(mid, mod)
     return {"module_id": mid, "pid": os.getpid()}
 
 
 def _module(ctx: Context, module_id: str) -> Any:
-    store, lock = _session_store(ctx)
-    mod = _lru_get(store, lock, module_id)
+    mod = _session_store(ctx).peek(module_id)
     if mod is None:
-        raise KeyError(
+        raise WireError(
+            E.MODULE_LOST,
             f"no module {module_id!r} in this worker (session {ctx.session!r}); it was deleted, "
-            "evicted, or its worker was replaced: create it again"
+            "evicted, or its worker was replaced: create it again",
         )
     return mod
 
 
-@handler("dspy.call", concurrent=True)
+@handler(H.CALL, concurrent=True)
+@tagged
 def call(
     ctx: Context, module_id: str, inputs: dict[str, Any], lm: Any = None, adapter: Any = None, usage: bool = True
 ) -> dict[str, Any]:
     return _invoke(ctx, _module(ctx, module_id), inputs, lm, adapter, usage)
 
 
-@handler("dspy.get_state", concurrent=True)
+@handler(H.GET_STATE, concurrent=True)
+@tagged
 def get_state(ctx: Context, module_id: str) -> dict[str, Any]:
     return to_plain(_module(ctx, module_id).dump_state())
 
 
-@handler("dspy.set_state", concurrent=True)
+@handler(H.SET_STATE, concurrent=True)
+@tagged
 def set_state(ctx: Context, module_id: str, state: dict[str, Any]) -> bool:
     load_state(_module(ctx, module_id), state)
     return True
 
 
-@handler("dspy.delete", concurrent=True)
+@handler(H.DELETE, concurrent=True)
+@tagged
 def delete(ctx: Context, module_id: str) -> bool:
-    store, lock = _session_store(ctx)
-    with lock:
-        return store.pop(module_id, None) is not None
+    return _session_store(ctx).pop(module_id) is not None
 
 
-@handler("dspy.modules", concurrent=True)
+@handler(H.MODULES, concurrent=True)
+@tagged
 def modules(ctx: Context) -> list[str]:
-    store, lock = _session_store(ctx)
-    with lock:
-        return list(store)
+    return [str(k) for k in _session_store(ctx).list_keys()]
 
 
-@handler("dspy.optimize", concurrent=True)
+@handler(H.OPTIMIZE, concurrent=True)
+@tagged
 def optimize(ctx: Context, **kwargs: Any) -> dict[str, Any]:
     """Run a DSPy optimizer; streams progress events; returns the program state."""
     from ._optimize import run_optimizer
 
+    for name in ("lm", "prompt_lm", "reflection_lm", "teacher_lm"):
+        key_env(kwargs.get(name))
     token = _bind(ctx)
     try:
         return run_optimizer(ctx, **kwargs)
@@ -427,7 +407,8 @@ def optimize(ctx: Context, **kwargs: Any) -> dict[str, Any]:
         _CURRENT.reset(token)
 
 
-@handler("dspy.embed_search", concurrent=True)
+@handler(H.EMBED_SEARCH, concurrent=True)
+@tagged
 def embed_search(
     ctx: Context,
     query: str | list[str],
@@ -441,8 +422,12 @@ def embed_search(
     return search(query, k, corpus=corpus, embedder=embedder)
 
 
-@handler("dspy.colbert_search", concurrent=True)
+@handler(H.COLBERT_SEARCH, concurrent=True)
+@tagged
 def colbert_search(ctx: Context, url: str, query: str, k: int = 5, post: bool = False) -> list[dict[str, Any]]:
     """Query a ColBERTv2-protocol server with DSPy's own client (``dspy.ColBERTv2``)."""
     hits = dspy.ColBERTv2(url=url, post_requests=post)(query, k=k)
     return [{"text": h["long_text"], "pid": h.get("pid"), "score": h.get("score")} for h in hits]
+
+
+from . import _program as _program  # noqa: E402 - registers dspy.program (composite dspex.Module programs)

@@ -30,8 +30,36 @@ class Memo(Generic[V]):
                 self._data.move_to_end(key)
                 return hit
         value = build()
+        self.put(key, value)
+        return value
+
+    # The plain LRU operations (pipeline step caches, the bridge's module stores).
+    def peek(self, key: Hashable) -> V | None:
+        """The value for ``key`` (marked recently used), or None."""
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is not None:
+                self._data.move_to_end(key)
+            return hit
+
+    def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._data[key] = value
+            self._data.move_to_end(key)
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
-        return value
+
+    def pop(self, key: Hashable) -> V | None:
+        with self._lock:
+            return self._data.pop(key, None)
+
+    def list_keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)

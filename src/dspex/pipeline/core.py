@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import DspexError, PipelineError
 from . import otel
-from .runner import RunState, _cancel_all, _wait_fail_fast, new_session_id, run_sync
+from .runner import RunState, _cancel_all, gather_fail_fast, new_session_id, run_sync
 from .steps import Branch, FanOut, Parallel, Step, WorkerStep, as_steps
 from .trace import Event, PipelineResult, RunFinished, RunStarted, Trace
 from .validation import Validation, validate
@@ -209,13 +209,7 @@ class Pipeline:
                         return exc
                 return await self.arun(item, lm=lm)
 
-        tasks = [asyncio.ensure_future(one(item)) for item in inputs]
-        try:
-            await _wait_fail_fast(tasks)
-        except asyncio.CancelledError:
-            await _cancel_all(tasks)
-            raise
-        return [t.result() for t in tasks]
+        return await gather_fail_fast([one(item) for item in inputs])
 
     def batch(
         self,

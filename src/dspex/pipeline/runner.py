@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import settings
-from ..errors import StepFailed, StepTimeout
+from ..errors import RemoteError, StepFailed, StepTimeout
+from ..router.results import from_remote
 from . import otel
 from .steps import Step, StepContext, WorkerStep, _current_step
 from .trace import (
@@ -116,15 +117,19 @@ async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
         pending = [t for t in pending if not t.done()]
 
 
-async def _wait_fail_fast(tasks: Sequence[asyncio.Future[Any]]) -> None:
-    """Wait for every task; the first failure cancels the rest, waits for them and is raised."""
-    pending: set[asyncio.Future[Any]] = set(tasks)
-    while pending:
-        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-        failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
-        if failed:
-            await _cancel_all(pending)
-            raise failed[0].exception()  # type: ignore[misc]
+async def gather_fail_fast(aws: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run ``aws`` concurrently; the first failure (in input order) cancels the rest, waits for
+    them and is raised as itself (a TaskGroup, minus the ExceptionGroup wrapping)."""
+    tasks: list[asyncio.Task[T]] = []
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks.extend(tg.create_task(a) for a in aws)
+    except BaseExceptionGroup as group:
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception() from None  # type: ignore[misc]
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 class RunState:
@@ -303,25 +308,24 @@ class RunState:
             async with sem:
                 return await self.run_step(step, data, path, name=label)
 
+        if fail_fast:
+            return await gather_fail_fast([one(job) for job in jobs])
         tasks = [asyncio.ensure_future(one(job)) for job in jobs]
         try:
-            if fail_fast:
-                await _wait_fail_fast(tasks)
-            else:
-                await asyncio.wait(tasks)
-                errors: list[Exception] = []
-                for t in tasks:
-                    exc = None if t.cancelled() else t.exception()
-                    if isinstance(exc, Exception):
-                        errors.append(exc)
-                if len(errors) == 1:
-                    raise errors[0]
-                if errors:
-                    group = path.rsplit("/", 1)[-1]
-                    raise StepFailed(group, ExceptionGroup(f"{len(errors)} steps of {group!r} failed", errors))
+            await asyncio.wait(tasks)
         except asyncio.CancelledError:
             await _cancel_all(tasks)
             raise
+        errors: list[Exception] = []
+        for t in tasks:
+            exc = None if t.cancelled() else t.exception()
+            if isinstance(exc, Exception):
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            group = path.rsplit("/", 1)[-1]
+            raise StepFailed(group, ExceptionGroup(f"{len(errors)} steps of {group!r} failed", errors))
         return [t.result() for t in tasks]
 
     # --- native calls -------------------------------------------------------------------------------
@@ -404,55 +408,33 @@ class RunState:
             self._pools[ref] = pool
         return pool
 
-    async def call_worker(self, step: WorkerStep, kwargs: dict[str, Any], st: StepTrace) -> Any:
+    async def use_pool(self, step: WorkerStep, st: StepTrace) -> Any:
+        """The step's pool, noted as used by this run (its session is dropped at the end)."""
         pool = await self.pool_for(step.pool)
         if all(p is not pool for p in self.pools_used):
             self.pools_used.append(pool)
         st.where = str(getattr(pool, "name", step.pool_name()))
+        return pool
+
+    def event_sink(self, st: StepTrace) -> Callable[[Any], None]:
+        """A worker call's ``on_event``: its progress events as this step's StepProgress."""
         sink = self._progress_sink(st)
 
         def on_event(event: Any) -> None:
             sink(dict(event) if isinstance(event, Mapping) else {"event": event})
 
-        result = await pool.acall_detailed(step.handler, session=self.session, on_event=on_event, **kwargs)
+        return on_event
+
+    async def call_worker(self, step: WorkerStep, kwargs: dict[str, Any], st: StepTrace) -> Any:
+        """A ``worker(handler=...)`` step's call, with the run's session; errors mapped as the API's."""
+        pool = await self.use_pool(step, st)
+        try:
+            result = await pool.acall_detailed(step.handler, session=self.session, on_event=self.event_sink(st),
+                                               **kwargs)
+        except RemoteError as exc:
+            raise from_remote(exc) from None
         st.pid = getattr(result, "pid", None)
         return getattr(result, "value", result)
-
-    def lm_spec(self, lm: Any) -> Any:
-        """The LM a worker step gets, as ``LM.to_spec()`` (no secrets)."""
-        if lm is None:
-            lm = settings.current().lm
-        if lm is None:
-            cfg = settings.load_config().get("lm") or {}
-            if cfg.get("model"):
-                return dict(cfg)
-            from ..local import default_lm
-
-            lm = default_lm()
-        if isinstance(lm, Mapping):
-            return dict(lm)
-        to_spec = getattr(lm, "to_spec", None)
-        return to_spec() if callable(to_spec) else lm
-
-    def record_worker_usage(self, st: StepTrace, usage: Mapping[str, Any]) -> None:
-        """Usage a worker reported: into the trace and every enclosing ``dspex.context()``."""
-        flat: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cost": 0.0}
-        rows: list[tuple[str, Mapping[str, Any]]]
-        if any(k in usage for k in ("prompt_tokens", "completion_tokens", "total_tokens")):
-            rows = [(str(usage.get("model", "worker")), usage)]
-        else:
-            rows = [(str(m), u) for m, u in usage.items() if isinstance(u, Mapping)]
-        for model, u in rows:
-            p = int(u.get("prompt_tokens", 0) or 0)
-            c = int(u.get("completion_tokens", 0) or 0)
-            cost = float(u.get("cost", 0.0) or 0.0)
-            calls = int(u.get("calls", 1) or 1)
-            flat["prompt_tokens"] += p
-            flat["completion_tokens"] += c
-            flat["cost"] += cost
-            flat["calls"] += calls
-            settings.current().record_usage(model, p, c, cost)
-        st.usage = {k: v for k, v in flat.items() if v}
 
     async def close(self) -> None:
         """Drop the run's session in every pool it used (worker-side state is freed)."""

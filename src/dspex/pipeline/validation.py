@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..wire import H
 from .steps import Branch, FanOut, NativeStep, Parallel, Step, WorkerStep
 
 if TYPE_CHECKING:
@@ -91,6 +92,16 @@ def compatible(producer: Any, consumer: Any) -> bool:
 
 
 @lru_cache(maxsize=64)
+def _static_name(node: ast.expr) -> str | None:
+    """A handler name written as a literal, or as ``H.<NAME>`` (the wire contract's names)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "H":
+        value = getattr(H, node.attr, None)
+        return value if isinstance(value, str) else None
+    return None
+
+
 def handlers_in_module(module: str) -> frozenset[str] | None:
     """Handler names a module defines, read from its source without importing it.
 
@@ -121,9 +132,9 @@ def handlers_in_module(module: str) -> frozenset[str] | None:
                 kw = {k.arg: k.value for k in deco.keywords}
                 given = args[0] if args else kw.get("name")
                 if given is not None:
-                    if not isinstance(given, ast.Constant) or not isinstance(given.value, str):
+                    hname = _static_name(given)
+                    if hname is None:
                         return None  # computed name: cannot tell statically
-                    hname = given.value
             names.add(hname)
     return frozenset(names)
 

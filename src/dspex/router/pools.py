@@ -9,11 +9,13 @@ from typing import Any
 from ..errors import ImplementationUnavailable
 from ..settings import current, load_config
 
+__all__ = ["pool_for"]
+
 _fallback_pools: dict[str, Any] = {}
 _fallback_lock = threading.Lock()
 
 
-def _pool(name: str, pool: Any = None) -> Any:
+def pool_for(name: str, pool: Any = None) -> Any:
     """The pool for ``name``: ``pool=`` (a Pool or a manager), ``dspex.context(pools={...})``,
     else the process-wide manager (pools start lazily from config)."""
     if pool is None:

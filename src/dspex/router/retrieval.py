@@ -1,18 +1,20 @@
-"""Retrieval: ``retrieve``/``aretrieve`` from BM25 corpora, ColBERTv2 servers, dense
-indexes in a worker, or Python objects (the ``source=`` forms are in the package doc)."""
+"""Retrieval sources and their two runners: native (BM25 corpora, ColBERTv2 over HTTP,
+Python objects) and the worker request (dense indexes, dspy.ColBERTv2).
+
+``source=`` forms: ``"bm25:<corpus>"``, ``"dense:<corpus>"``, ``"colbert:<url>"``, a BM25 /
+``.search()`` object, a callable ``(query, k)``, or a list of passages."""
 
 from __future__ import annotations
 
-import contextvars
 import json
 from typing import Any
 
-from .. import router
-from ..errors import ImplementationUnavailable, RemoteError
+from ..errors import ImplementationUnavailable
 from ..native._memo import Memo
 from ..settings import load_config
-from ._pools import _pool
-from ._results import _remote
+from ..wire import H
+
+__all__ = ["retrieve_native", "source_of", "worker_request"]
 
 _bm25s: Memo[Any] = Memo(8)
 
@@ -23,7 +25,7 @@ def _bm25(name: str) -> Any:
     return _bm25s.get(name, lambda: BM25.from_path(name))
 
 
-def _source(source: Any) -> tuple[str, Any]:
+def source_of(source: Any) -> tuple[str, Any]:
     """(kind, target) for a ``source=`` value."""
     if source is None:
         source = (load_config().get("retrieve") or {}).get("source", "bm25:solar_system")
@@ -62,7 +64,7 @@ def _colbert_http(url: str, query: str, k: int) -> list[dict[str, Any]]:
     return _normalize_hits(body.get("topk", []), k)
 
 
-def _retrieve_native(kind: str, target: Any, query: str, k: int) -> list[dict[str, Any]]:
+def retrieve_native(kind: str, target: Any, query: str, k: int) -> list[dict[str, Any]]:
     if kind == "bm25":
         return list(_bm25(target).search(query, k))
     if kind == "colbert":
@@ -76,41 +78,9 @@ def _retrieve_native(kind: str, target: Any, query: str, k: int) -> list[dict[st
     return _normalize_hits(target(query, k), k)
 
 
-def _retrieve_worker(kind: str, target: Any, query: str, k: int, embedder: str) -> tuple[str, dict[str, Any]]:
+def worker_request(kind: str, target: Any, query: str, k: int, embedder: str) -> tuple[str, dict[str, Any]]:
     if kind == "colbert":
-        return "dspy.colbert_search", {"url": target, "query": query, "k": k}
+        return H.COLBERT_SEARCH, {"url": target, "query": query, "k": k}
     if kind in ("dense", "bm25", "corpus"):
-        return "dspy.embed_search", {"query": query, "k": k, "corpus": target, "embedder": embedder}
+        return H.EMBED_SEARCH, {"query": query, "k": k, "corpus": target, "embedder": embedder}
     raise ImplementationUnavailable("retrieval from a Python object runs natively only")
-
-
-def retrieve(query: str, k: int = 5, *, source: Any = None, impl: str | None = None, pool: Any = None,
-             embedder: str = "hash") -> list[dict[str, Any]]:
-    """The ``k`` best passages for ``query``: ``[{"text", "pid", "score"}]`` (see the module doc)."""
-    kind, target = _source(source)
-    d = router.decide("retrieve", None, impl=impl, source_kind=kind)
-    with router.track("retrieve", d.impl):
-        if d.impl == "native":
-            return _retrieve_native(kind, target, query, k)
-        handler, kwargs = _retrieve_worker(kind, target, query, k, embedder)
-        try:
-            return list(_pool("dspy", pool).call_with(handler, kwargs=kwargs))
-        except RemoteError as exc:
-            raise _remote(exc) from exc
-
-
-async def aretrieve(query: str, k: int = 5, *, source: Any = None, impl: str | None = None, pool: Any = None,
-                    embedder: str = "hash") -> list[dict[str, Any]]:
-    kind, target = _source(source)
-    d = router.decide("retrieve", None, impl=impl, source_kind=kind)
-    with router.track("retrieve", d.impl):
-        if d.impl == "native":
-            import asyncio
-
-            ctx = contextvars.copy_context()
-            return await asyncio.to_thread(ctx.run, _retrieve_native, kind, target, query, k)
-        handler, kwargs = _retrieve_worker(kind, target, query, k, embedder)
-        try:
-            return list(await _pool("dspy", pool).acall(handler, **kwargs))
-        except RemoteError as exc:
-            raise _remote(exc) from exc

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ImplementationUnavailable
-from ._wire import _ann_str
+from .payload import ann_str
+
+__all__ = ["tool_callback", "tool_spec", "tools_wire"]
 
 
 def tool_spec(fn: Callable[..., Any], name: str | None = None) -> dict[str, Any]:
@@ -27,7 +29,7 @@ def tool_spec(fn: Callable[..., Any], name: str | None = None) -> dict[str, Any]
             continue
         entry: dict[str, Any] = {"name": pname}
         try:
-            entry["type"] = _ann_str(hints.get(pname, Any), custom) if pname in hints else "Any"
+            entry["type"] = ann_str(hints.get(pname, Any), custom) if pname in hints else "Any"
         except ImplementationUnavailable:
             entry["type"] = "Any"
         if custom:  # custom classes cannot be evaluated in the worker: accept any JSON value
@@ -39,7 +41,7 @@ def tool_spec(fn: Callable[..., Any], name: str | None = None) -> dict[str, Any]
     return {"name": tname, "doc": doc, "parameters": params, "callback": f"dspex.tool.{tname}"}
 
 
-def _tool_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
+def tool_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
 
         def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -49,3 +51,12 @@ def _tool_callback(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         return run_async
     return fn
+
+
+def tools_wire(tools: Any) -> tuple[list[dict[str, Any]] | None, dict[str, Callable[..., Any]]]:
+    """(tool specs for the payload, {callback name: host function}) for ``tools=``."""
+    if not tools:
+        return None, {}
+    fns = list(tools)
+    specs = [tool_spec(t) for t in fns]
+    return specs, {s["callback"]: tool_callback(t) for s, t in zip(specs, fns, strict=True)}
