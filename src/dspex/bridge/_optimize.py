@@ -291,10 +291,18 @@ def run_optimizer(
 
     opts = dict(options or {})
     module_name = program.get("module", "Predict")
-    sig = build_signature(program["signature"])
-    keys = list(input_keys or sig.input_fields.keys())
+    if module_name == "Program":  # a composite dspex.Module, rebuilt with DSPy predictors (_program.py)
+        from ._program import rebuild
+
+        student = rebuild(program)
+        keys = list(input_keys or program.get("input_keys") or [])
+        if not keys:
+            raise ValueError(f"{program.get('class')}: pass input_keys= (or Examples with .with_inputs(...))")
+    else:
+        sig = build_signature(program["signature"])
+        keys = list(input_keys or sig.input_fields.keys())
+        student = build_module(module_name, program["signature"], program.get("options"), state=program.get("state"))
     progress = _Progress(ctx, ckpt, {"optimizer": name, "module": module_name})
-    student = build_module(module_name, program["signature"], program.get("options"), state=program.get("state"))
     train = _examples(trainset, keys)
     val = _examples(valset, keys) if valset else None
     task_lm = build_lm(lm)

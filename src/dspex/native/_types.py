@@ -405,6 +405,8 @@ def native_capable(annotation: Any, depth: int = 0) -> bool:
     if is_supported(annotation):
         return True
     if isinstance(annotation, type):
+        if annotation.__module__.split(".")[0] == "dspy":  # dspy.Image, History, Tool...: DSPy formats them
+            return False
         return hasattr(annotation, "model_json_schema") or _is_enum(annotation)
     origin = typing.get_origin(annotation)
     if origin in (list, set, frozenset, dict, tuple, typing.Union, types.UnionType, typing.Literal):

@@ -369,13 +369,15 @@ class Predict:
         fields = self.signature.input_fields
         if inputs.keys() != fields.keys():
             for name, f in fields.items():
-                if name not in inputs and f.has_default:
+                # As DSPy 3.4.1: default= fills a missing input; default_factory= leaves it out
+                # of the prompt (DSPy checks only `default`), but it is not "missing" either.
+                if name not in inputs and f.has_default and f.extra is not None and "default_factory" not in dict(f.extra):
                     inputs[name] = f.default_value()
         problems = None
         for name, f in fields.items():
             value = inputs.get(name, _ABSENT)
             if value is _ABSENT:
-                if not _allows_none(f.annotation):
+                if not f.has_default and not _allows_none(f.annotation):
                     problems = problems or []
                     problems.append(f"missing input {name!r}")
             elif value is not None and not (value.__class__ is str and f.annotation is str) \

@@ -78,7 +78,10 @@ def dump_demo(demo: Any) -> dict[str, Any]:
 
 
 def lm_state(lm: Any) -> dict[str, Any] | None:
-    """A predictor's own LM as DSPy's (legacy, class-less) LM state; None for none."""
+    """A predictor's own LM as DSPy's (legacy, class-less) LM state; None for none.
+
+    ``model``, ``model_type``, ``cache``, ``num_retries``, then the LM's ``kwargs``
+    (temperature, max_tokens, a non-default api_base, ...), never a key."""
     if lm is None:
         return None
     model = getattr(lm, "model", None)
@@ -86,18 +89,18 @@ def lm_state(lm: Any) -> dict[str, Any] | None:
         return None
     state: dict[str, Any] = {
         "model": model,
-        "model_type": "chat",
+        "model_type": getattr(lm, "model_type", "chat"),
         "cache": bool(getattr(lm, "cache", True)),
         "num_retries": int(getattr(lm, "num_retries", 3)),
     }
-    for key in ("temperature", "max_tokens"):
-        value = getattr(lm, key, None)
-        if value is not None:
-            state[key] = value
-    api_base = getattr(lm, "api_base", None)
-    if api_base and not str(api_base).startswith(("https://api.openai.com", "https://api.anthropic.com")):
-        state["api_base"] = api_base
+    kwargs = getattr(lm, "kwargs", None)
+    if isinstance(kwargs, dict):
+        state.update((k, v) for k, v in kwargs.items() if k != "api_key" and _jsonable(v))
     return state
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, dict))
 
 
 def lm_from_state(state: dict[str, Any] | None, *, allow_unsafe_lm_state: bool = False) -> Any:
@@ -122,6 +125,8 @@ def lm_from_state(state: dict[str, Any] | None, *, allow_unsafe_lm_state: bool =
     for key in ("temperature", "max_tokens", "num_retries", "cache", "api_base", "timeout"):
         if state.get(key) is not None:
             kwargs[key] = state[key]
+    if "api_base" not in kwargs and state.get("base_url"):  # DSPy's other spelling, opted in above
+        kwargs["api_base"] = state["base_url"]
     if "max_completion_tokens" in state and "max_tokens" not in kwargs:
         kwargs["max_tokens"] = state["max_completion_tokens"]
     return LM(model, **kwargs)
