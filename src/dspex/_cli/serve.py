@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any
 
 from .common import UsageError, lm_from_args
@@ -74,18 +75,20 @@ def _programs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..serve import load_serve_config
     from ..serve.server import run as serve
 
-    pipelines = [{"name": n, "path": p, "allow": list(args.allow)}
-                 for n, p in _pairs(args.pipeline, "--pipeline").items()]
-    cfg = load_serve_config(
-        args.config, host=args.host, port=args.port, api_key_env=args.serve_api_key_env,
-        max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes, log_level=args.log_level,
-        programs=_programs(args), pipelines=pipelines)
+    pipelines = [{"name": n, "path": p} for n, p in _pairs(args.pipeline, "--pipeline").items()]
+    try:
+        cfg = load_serve_config(
+            args.config, host=args.host, port=args.port, api_key_env=args.serve_api_key_env,
+            max_in_flight=args.max_in_flight, max_body_bytes=args.max_body_bytes, log_level=args.log_level,
+            programs=_programs(args), pipelines=pipelines)
+    except ConfigError as exc:
+        raise UsageError(str(exc), "fix the serve config file or the flags (dspex serve --help)") from None
     if args.allow:
-        cfg.pipelines = [type(ep)(**{**ep.__dict__, "allow": tuple(ep.allow) + tuple(args.allow)})
-                         for ep in cfg.pipelines]
+        cfg.pipelines = [replace(ep, allow=(*ep.allow, *args.allow)) for ep in cfg.pipelines]
     lm = lm_from_args(args)
 
     def listening(url: str) -> None:
@@ -94,5 +97,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{url}/openapi.json)\n")
         sys.stderr.flush()
 
-    serve(cfg, on_listen=listening, lm=lm)
-    return 0
+    try:
+        return serve(cfg, on_listen=listening, lm=lm)
+    except ConfigError as exc:
+        raise UsageError(f"cannot serve: {exc}", "fix the serve config file or the flags (dspex serve --help)") from None

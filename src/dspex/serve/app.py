@@ -72,7 +72,9 @@ class Service:
         self.lm = lm
         self._own_manager = manager is None
         if manager is None:
-            pools = {**(load_config().get("pools") or {}), **cfg.pools}
+            pools = dict(load_config().get("pools") or {})
+            for name, table in cfg.pools.items():  # [serve.pools.x] overrides keys of [pools.x]
+                pools[name] = {**pools.get(name, {}), **table}
             manager = PoolManager(pools, forward_stderr=False)
         self.manager = manager
         try:

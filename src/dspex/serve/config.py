@@ -121,7 +121,7 @@ class ServeConfig:
             if not self.api_key_env:
                 raise ConfigError(
                     f"refusing to serve on {self.host!r} (not loopback) without an API key: set "
-                    "api_key_env (--api-key-env VAR) and export the key in VAR, or bind 127.0.0.1"
+                    "api_key_env (--key-env VAR) and export the key in VAR, or bind 127.0.0.1"
                 )
             if not self.api_key():
                 raise ConfigError(

@@ -8,7 +8,7 @@ of queued. httptools and uvloop are used when installed (the ``serve`` extra has
 from __future__ import annotations
 
 import importlib.util
-import sys
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -40,15 +40,24 @@ def uvicorn_config(service: Service, *, host: str | None = None, port: int | Non
     )
 
 
-def run(cfg: ServeConfig, *, on_listen: Callable[[str], None] | None = None, **service_kwargs: Any) -> None:
+def run(cfg: ServeConfig, *, on_listen: Callable[[str], None] | None = None, **service_kwargs: Any) -> int:
     """Check ``cfg``, build the service and serve until SIGINT/SIGTERM.
 
-    ``on_listen(url)`` is called once the socket is bound (the CLI prints the URL)."""
+    ``on_listen(url)`` is called once the socket is bound (the CLI prints the URL).
+    Returns the exit code: 0 after SIGTERM, 130 after SIGINT, 3 if the port could not be bound."""
     import uvicorn
+
+    class _Server(uvicorn.Server):
+        signals: list[int] = []
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self.signals.append(sig)
+            self._captured_signals.clear()  # shut down gracefully, then exit with a code (no re-raise)
 
     cfg.check()
     service = Service(cfg, **service_kwargs)
-    server = uvicorn.Server(uvicorn_config(service))
+    server = _Server(uvicorn_config(service))
     if on_listen is not None:
         _announce(server, on_listen, cfg.host)
     try:
@@ -56,7 +65,8 @@ def run(cfg: ServeConfig, *, on_listen: Callable[[str], None] | None = None, **s
     finally:
         service.close()
     if not server.started:
-        sys.exit(3)  # could not bind (uvicorn logged why)
+        return 3  # could not bind (uvicorn logged why)
+    return 130 if signal.SIGINT in server.signals else 0
 
 
 def _announce(server: Any, on_listen: Callable[[str], None], host: str) -> None:

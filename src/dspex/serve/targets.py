@@ -162,7 +162,7 @@ class NativeProgram(Target):
         self.program = program
         self.ctx = _Context(lm)
         sig = program.signature
-        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string())
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True))
         self.kind = f"native {cfg.module}"
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
@@ -211,8 +211,8 @@ class WorkerProgram(_PoolTarget):
                 raise ConfigError(f"program {cfg.name!r}: state file {cfg.state!r} does not exist") from None
         self.state = state
         self.lm_spec = lm.to_spec() if lm is not None else None
-        self.wire = {"spec": sig.to_string(), "instructions": sig.instructions}
-        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(),
+        self.wire = {"spec": sig.to_string(types=True), "instructions": sig.instructions}
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True),
                          manager=manager, pool_name=cfg.pool or "dspy")
         self.kind = f"dspy {cfg.module}"
 
@@ -230,7 +230,7 @@ class HandlerProgram(_PoolTarget):
         from .. import signature
 
         sig = signature(cfg.signature)
-        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(),
+        super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True),
                          manager=manager, pool_name=cfg.pool or "dspy")
         self.kind = "handler"
 
@@ -272,7 +272,7 @@ class ObjectProgram(Target):
             from .. import signature
 
             sig = signature(sig_spec)
-            super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string())
+            super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True))
         else:
             inputs, required = _params_of(obj)
             super().__init__(cfg, inputs, {}, ", ".join(inputs) + " -> ...", required)
