@@ -1,0 +1,108 @@
+"""Optimizing a composite program (dspex.Module, 2 stages) with MIPROv2, BootstrapFewShot and
+GEPA in the optimizer pool against the fake LM server: the program's own forward() runs in
+DSPy, host metrics are called back, and the optimized state loads natively into the same
+class, giving the same prompts as DSPy's program with that state (DSPy 3.4.1, same run)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+import dspex
+from dspex.testing import FakeLMServer
+
+from .conftest import lm_for
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+dspy = pytest.importorskip("dspy")
+dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+
+pytestmark = pytest.mark.timeout(240)
+
+TRAIN = [dspex.Example(question=f"What is {i}+{i}?", answer=str(2 * i)).with_inputs("question") for i in range(1, 5)]
+CONFIGS: dict[str, dict[str, Any]] = {
+    "bootstrap": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1},
+    "miprov2": {"auto": None, "num_candidates": 2, "num_trials": 2, "minibatch": False,
+                "max_bootstrapped_demos": 1, "max_labeled_demos": 1},
+    "gepa": {"max_metric_calls": 16},
+}
+
+
+def rewrite(q: str) -> str:  # plain host code inside forward(): travels with the class
+    return q.strip().rstrip("?")
+
+
+class TwoStage(dspex.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = dspex.Predict("question -> plan")
+        self.solve = dspex.ChainOfThought("question, plan -> answer")
+
+    def forward(self, question: str) -> Any:
+        plan = self.plan(question=rewrite(question)).plan
+        return self.solve(question=question, plan=plan)
+
+
+class DspyTwoStage(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = dspy.Predict("question -> plan")
+        self.solve = dspy.ChainOfThought("question, plan -> answer")
+
+    def forward(self, question: str) -> Any:
+        plan = self.plan(question=rewrite(question)).plan
+        return self.solve(question=question, plan=plan)
+
+
+def lenient(example: dspex.Example, prediction: dspex.Prediction) -> float:
+    return 1.0 if prediction.answer else 0.0
+
+
+def gepa_metric(example: dspex.Example, prediction: dspex.Prediction) -> dict:
+    return {"score": 0.5, "feedback": "Answer with the number only."}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_optimize_two_stage_program(name: str, fake_lm: FakeLMServer, opt_pool: Any, tmp_path: Any) -> None:
+    events: list[dict] = []
+    metric = gepa_metric if name == "gepa" else lenient
+    start = TwoStage()
+    result = dspex.optimize(start, TRAIN, optimizer=name, metric=metric, lm=lm_for(fake_lm), pool=opt_pool,
+                            progress=events.append, **CONFIGS[name])
+    assert result.module == "Program" and set(result.state) == {"plan", "solve.predict"}
+    assert events[0]["kind"] == "start" and events[-1]["kind"] == "done"
+    assert result.metric_calls > 0 and result.lm_calls > 0
+    if name == "bootstrap":
+        assert any(result.state[p]["demos"] for p in result.state), "bootstrapping leaves demos"
+    assert start.plan.demos == []  # the caller's program is untouched
+
+    # the result loads natively into the same class ...
+    native = result.program
+    assert type(native) is TwoStage and native is not start
+    path = tmp_path / f"{name}.json"
+    result.save(path)
+    loaded = TwoStage().load(path)
+    theirs = DspyTwoStage()
+    theirs.load(str(path))
+    # ... and gives the same prompts as DSPy's program with that state, run end to end
+    fake_lm.reset()
+    with dspy.context(lm=dspy.LM("openai/fake", api_base=fake_lm.base_url, api_key="x", cache=False)):
+        their_pred = theirs(question="What is 9+9?")
+    their_msgs = [r["json"]["messages"] for r in fake_lm.requests]
+    fake_lm.reset()
+    with dspex.context(lm=lm_for(fake_lm)):
+        our_pred = loaded(question="What is 9+9?")
+    our_msgs = [r["json"]["messages"] for r in fake_lm.requests]
+    assert our_msgs == their_msgs and len(our_msgs) == 2
+    assert dict(our_pred.items()) == dict(their_pred.items())
+    for (_, a), (_, b) in zip(native.named_predictors(), loaded.named_predictors(), strict=True):
+        assert a.dump_state() == b.dump_state()
+
+
+def test_composite_needs_input_keys_from_forward(fake_lm: FakeLMServer, opt_pool: Any) -> None:
+    plain = [{"question": "What is 1+1?", "answer": "2"}, {"question": "What is 2+2?", "answer": "4"}]
+    # dicts carry no input keys: forward()'s parameters name them
+    result = dspex.optimize(TwoStage(), plain, optimizer="labeled", lm=lm_for(fake_lm), pool=opt_pool, k=1)
+    assert result.state["plan"]["demos"] and result.module == "Program"
