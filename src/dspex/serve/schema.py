@@ -101,6 +101,14 @@ _TRACE_ROW = {
 }
 
 
+# One server-sent event; ``data`` is the JSON text of the event's payload.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"event": {"enum": ["start", "step", "output", "done", "error"]}, "data": {"type": "string"}},
+    "required": ["event", "data"],
+}
+
+
 def _responses(errors: Mapping[str, str]) -> dict[str, Any]:
     def err(text: str, retry: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"description": text,
@@ -155,7 +163,7 @@ def openapi(targets: list[Target], *, title: str = "dspex", version: str = "0.1.
             "operationId": f"stream_{t.name}", "summary": f"{summary} (server-sent events)", "tags": [t.group],
             "parameters": [session], "requestBody": body,
             "responses": {"200": {"description": "events: start, step, output, done, error",
-                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                           **_responses(_CALL_ERRORS)},
         }}
     simple = {"200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}
