@@ -49,6 +49,14 @@ from .errors import (
 )
 from .settings import Usage, context, current, load_config
 
+# One name, one thing: dspex.native / dspex.pipeline are the step-builder functions, not the
+# subpackages of the same names. Loading both (tiny) packages here means no later submodule
+# import rebinds those attributes (the import system binds a package's name in its parent
+# only when it first loads it); the functions then load lazily below. docs/internals.md.
+importlib.import_module(".native", __name__)
+importlib.import_module(".pipeline", __name__)
+del globals()["native"], globals()["pipeline"]
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it (relative to this package)
@@ -81,8 +89,11 @@ _LAZY: dict[str, str] = {
     "retrieve": ".api",
     "aretrieve": ".api",
     "explain": ".api",
+    "run_program": ".api",
+    "arun_program": ".api",
     "router_stats": ".api",
     # pipelines
+    "native": ".pipeline",
     "pipeline": ".pipeline",
     "Pipeline": ".pipeline",
     "worker": ".pipeline",
@@ -156,6 +167,8 @@ __all__ = [  # noqa: RUF022 - grouped by layer
     "aretrieve",
     "explain",
     "router_stats",
+    "run_program",
+    "arun_program",
     "pipeline",
     "Pipeline",
     "worker",
@@ -163,12 +176,12 @@ __all__ = [  # noqa: RUF022 - grouped by layer
     "branch",
     "fan_out",
     # subpackages
-    "native",  # the in-process package; calling it builds a native pipeline step
+    "native",  # the native pipeline step builder (the package is dspex.native.*, imported by path)
     "pool",
     "testing",
 ]
 
-_SUBPACKAGES = {"native", "pool", "testing", "bridge", "pipeline", "local", "router", "api"}
+_SUBPACKAGES = {"pool", "testing", "bridge", "local", "router", "api", "wire"}
 
 
 def __getattr__(name: str) -> Any:
@@ -187,11 +200,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from . import native, pool, testing
+    from . import pool, testing
     from .api import (
         aoptimize,
         apredict,
         aretrieve,
+        arun_program,
         chain_of_thought,
         compile_signature,
         explain,
@@ -201,6 +215,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         react,
         retrieve,
         router_stats,
+        run_program,
         signature,
     )
     from .native.adapters import ChatAdapter, JSONAdapter
@@ -211,4 +226,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .native.signature import InputField, OutputField, Signature
     from .native.template import Template
     from .native.values import Example, Prediction
-    from .pipeline import Pipeline, branch, fan_out, parallel, pipeline, worker
+    from .pipeline import Pipeline, branch, fan_out, native, parallel, pipeline, worker

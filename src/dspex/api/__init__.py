@@ -39,7 +39,9 @@ Modules, one job each (all private; import from ``dspex.api``):
 * ``_worker_module``: :class:`WorkerModule`, a DSPy module in a worker session;
 * ``_optimize``: ``optimize``/``aoptimize``/``optimize_events``, :class:`OptimizeResult`;
 * ``_retrieve``: ``retrieve``/``aretrieve``;
-* ``_introspect``: ``explain``, ``router_stats``.
+* ``_introspect``: ``explain``, ``router_stats``;
+* ``_module``: composite programs (``dspex.Module``) routed: ``run_program``/``arun_program``,
+  ``explain_program``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from __future__ import annotations
 from ..router.payload import signature_wire as signature_wire  # the bridge's signature wire form
 from ..router.tools import tool_spec
 from ._introspect import explain, router_stats
+from ._module import arun_program, explain_program, run_program
 from ._optimize import OptimizeResult, aoptimize, optimize, optimize_events
 from ._predict import apredict, predict
 from ._predictor import chain_of_thought, predictor, react
@@ -60,9 +63,11 @@ __all__ = [
     "aoptimize",
     "apredict",
     "aretrieve",
+    "arun_program",
     "chain_of_thought",
     "compile_signature",
     "explain",
+    "explain_program",
     "optimize",
     "optimize_events",
     "predict",
@@ -70,6 +75,7 @@ __all__ = [
     "react",
     "retrieve",
     "router_stats",
+    "run_program",
     "signature",
     "tool_spec",
 ]
