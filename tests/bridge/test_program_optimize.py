@@ -5,6 +5,8 @@ class, giving the same prompts as DSPy's program with that state (DSPy 3.4.1, sa
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from typing import Any
 
@@ -106,3 +108,41 @@ def test_composite_needs_input_keys_from_forward(fake_lm: FakeLMServer, opt_pool
     # dicts carry no input keys: forward()'s parameters name them
     result = dspex.optimize(TwoStage(), plain, optimizer="labeled", lm=lm_for(fake_lm), pool=opt_pool, k=1)
     assert result.state["plan"]["demos"] and result.module == "Program"
+
+
+def test_composite_checkpoint_resume(fake_lm: FakeLMServer, opt_pool: Any, tmp_path: Any) -> None:
+    ckpt = tmp_path / "run.json"
+    kw = {"optimizer": "bootstrap", "metric": lenient, "lm": lm_for(fake_lm), "pool": opt_pool,
+          "checkpoint": ckpt, "max_bootstrapped_demos": 1, "max_labeled_demos": 0}
+    first = dspex.optimize(TwoStage(), TRAIN, **kw)
+    assert json.loads(ckpt.read_text())["completed"]
+    fake_lm.clear_requests()
+    again = dspex.optimize(TwoStage(), TRAIN, **kw)
+    assert again.resumed and again.state == first.state and fake_lm.requests == []
+    assert type(again.program) is TwoStage
+
+
+async def test_cancelling_a_composite_optimization_frees_the_worker(fake_lm: FakeLMServer, opt_pool: Any) -> None:
+    fake_lm.latency = 0.05
+    pid_before = opt_pool.workers()[0]
+    first_lm = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_event(e: dict) -> None:
+        if e["kind"] == "lm":
+            loop.call_soon_threadsafe(first_lm.set)
+
+    long = {"auto": None, "num_candidates": 4, "num_trials": 30, "minibatch": False,
+            "max_bootstrapped_demos": 2, "max_labeled_demos": 2}
+    task = asyncio.ensure_future(dspex.aoptimize(TwoStage(), TRAIN * 3, optimizer="miprov2", metric=lenient,
+                                                 lm=lm_for(fake_lm), pool=opt_pool, progress=on_event, **long))
+    await asyncio.wait_for(first_lm.wait(), 60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(160):  # the worker stops the run itself (well within the pool's cancel grace)
+        if not opt_pool.stats()["in_flight"]:
+            break
+        await asyncio.sleep(0.05)
+    assert opt_pool.stats()["in_flight"] == 0 and opt_pool.workers() == [pid_before]
+    fake_lm.latency = 0.0
