@@ -16,24 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from typing import Any
 
 import dspy
 
+from ..native._memo import Memo
 from ..native.module import Module
 from ..native.predict import ChainOfThought, Predict
 from ..native.signature import Signature, default_instructions
 from ..pool.handler import Context, handler
-from ._convert import prediction_to_dict
 from ._lm import build_lm
 
 __all__ = ["dspy_signature", "rebuild", "to_dspy"]
 
 _SHELLS: dict[type, type] = {}
 _LOCK = threading.Lock()
-_PROGRAMS: OrderedDict[str, Any] = OrderedDict()  # pickle digest -> rebuilt program (bounded)
-_MAX_PROGRAMS = 32
+_PROGRAMS: Memo[Any] = Memo(32)  # pickle digest -> rebuilt program
 
 
 def dspy_signature(sig: Signature) -> Any:
@@ -131,38 +129,11 @@ def rebuild(payload: dict[str, Any]) -> Any:
     return to_dspy(program)
 
 
-def _cached(payload: dict[str, Any]) -> Any:
-    key = hashlib.sha256(payload["pickle"]).hexdigest()
-    with _LOCK:
-        prog = _PROGRAMS.get(key)
-        if prog is not None:
-            _PROGRAMS.move_to_end(key)
-            return prog
-    prog = rebuild(payload)
-    with _LOCK:
-        _PROGRAMS[key] = prog
-        while len(_PROGRAMS) > _MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    return prog
-
-
 @handler("dspy.program", concurrent=True)
 def run_program(ctx: Context, program: dict[str, Any], inputs: dict[str, Any], lm: Any = None,
                 adapter: Any = None, usage: bool = True) -> dict[str, Any]:
     """Run a shipped composite program once in DSPy -> ``{"outputs", "usage", "pid"}``."""
-    import os
+    from .dspy_handlers import _invoke
 
-    from .dspy_handlers import _adapter
-
-    mod = _cached(program)
-    overrides: dict[str, Any] = {"track_usage": True} if usage else {}
-    lm_obj = build_lm(lm)
-    if lm_obj is not None:
-        overrides["lm"] = lm_obj
-    ad = _adapter(adapter)
-    if ad is not None:
-        overrides["adapter"] = ad
-    with dspy.context(**overrides):
-        pred = mod(**(inputs or {}))
-    used = pred.get_lm_usage() if usage and hasattr(pred, "get_lm_usage") else None
-    return {"outputs": prediction_to_dict(pred), "usage": used or {}, "pid": os.getpid()}
+    key = hashlib.sha256(program["pickle"]).hexdigest()
+    return _invoke(ctx, _PROGRAMS.get(key, lambda: rebuild(program)), inputs, lm, adapter, usage)

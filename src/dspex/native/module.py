@@ -35,6 +35,7 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigError
@@ -132,6 +133,22 @@ def deepcopy_program(program: Any) -> Any:
         return new
 
 
+@contextmanager
+def _tracing() -> Iterator[list[tuple[Any, dict[str, Any], Any]]]:
+    """Collect the predictor calls of one Module call (nested Modules share the outer list)."""
+    outer = TRACE.get()
+    trace: list[tuple[Any, dict[str, Any], Any]] = [] if outer is None else outer
+    start = len(trace)
+    token = TRACE.set(trace) if outer is None else None
+    calls: list[tuple[Any, dict[str, Any], Any]] = []
+    try:
+        yield calls
+    finally:
+        if token is not None:
+            TRACE.reset(token)
+        calls.extend(trace[start:])
+
+
 def _merge_usage(trace: list[tuple[Any, dict[str, Any], Any]]) -> dict[str, dict[str, int]]:
     total: dict[str, dict[str, int]] = {}
     for _, _, pred in trace:
@@ -160,28 +177,14 @@ class Module:
         return await asyncio.to_thread(ctx.run, self.forward, *args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        outer = TRACE.get()
-        trace: list[tuple[Any, dict[str, Any], Any]] = [] if outer is None else outer
-        start = len(trace)
-        token = TRACE.set(trace) if outer is None else None
-        try:
+        with _tracing() as calls:
             out = self.forward(*args, **kwargs)
-        finally:
-            if token is not None:
-                TRACE.reset(token)
-        return self._finish(out, trace[start:])
+        return self._finish(out, calls)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
-        outer = TRACE.get()
-        trace: list[tuple[Any, dict[str, Any], Any]] = [] if outer is None else outer
-        start = len(trace)
-        token = TRACE.set(trace) if outer is None else None
-        try:
+        with _tracing() as calls:
             out = await self.aforward(*args, **kwargs)
-        finally:
-            if token is not None:
-                TRACE.reset(token)
-        return self._finish(out, trace[start:])
+        return self._finish(out, calls)
 
     @staticmethod
     def _finish(out: Any, calls: list[tuple[Any, dict[str, Any], Any]]) -> Any:
