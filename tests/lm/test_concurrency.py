@@ -132,5 +132,5 @@ async def test_one_async_pool_per_event_loop(fake_lm: FakeLMServer) -> None:
         return asyncio.run(lm.acomplete([{"role": "user", "content": "y"}])).text
 
     text = await asyncio.to_thread(other_loop)
-    assert text and len(lm._async._by_loop) >= 1
+    assert text and len(lm._transport._async._by_loop) >= 1
     await lm.acomplete([{"role": "user", "content": "z"}])

@@ -1,40 +1,43 @@
-"""Minimal keep-alive HTTP/1.1 clients for the LM hot path (sync and asyncio).
+"""The fast path: keep-alive plain-HTTP/1.1 clients over the stdlib (sync and asyncio).
 
-Why not httpx: measured on this machine (bench/results/lm.md), an httpx
-``Client.post`` adds ~150-250 µs per call over the bytes on the wire and the
-async client more, which alone exceeds the ``Predict over HTTP`` budget
-(+0.1 ms). LM calls need very little of HTTP: one POST of a JSON body to a
-known host, a JSON reply with Content-Length (or chunked), keep-alive. So:
+Used only where they are fully correct: ``http://`` to a loopback host with no
+proxy in the way (``transport.py`` decides). Everything else (TLS, proxies,
+redirects, remote hosts) goes through a library. Why a hand-written client at
+all: a library adds 0.1-2 ms per call on loopback (bench/results/lm.md), more
+than the whole per-call budget; a local llama.cpp/vLLM server is the hot case.
 
-* sync: a blocking socket per connection (TLS through ``ssl``), pooled per
-  endpoint behind a lock, shared by all threads. Not ``http.client``: it
-  writes headers and body in two sends, which costs a second wake-up of the
-  server per call (~0.3 ms measured on loopback here);
-* async: asyncio streams, one pool per event loop (connections belong to the
-  loop that opened them), with the same parser for the response head.
+* sync: a blocking socket per connection, pooled per endpoint behind a lock,
+  shared by all threads; one ``sendall`` per request (headers and body in two
+  sends cost a second server wake-up);
+* async: asyncio streams, one pool per event loop.
 
-A reused connection that the server closed while idle is retried once on a
-fresh connection (the request never reached the server). Errors surface as
-``Timeout`` / ``ConnectError``; lm.py turns them into the dspex error family.
+Both read replies with the same sans-I/O :class:`~dspex.native._h1.ResponseReader`
+(1xx skipped, bounded head, linear bodies) under ONE deadline per request: connect,
+send, head and body together (the sync socket timeout is re-armed to what is left
+before every read, so a server trickling bytes cannot stretch a call). A connection
+is reused only when its last reply ended exactly at the end of the bytes received
+and it is still quiet; anything else is closed. A reused connection that the server
+had closed while idle (no byte of an answer arrived) is retried once on a fresh one.
+Errors surface as ``Timeout`` / ``ConnectError`` / ``BadResponse``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
-import ssl
 import threading
+import time
 import weakref
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["AsyncPool", "ConnectError", "Endpoint", "Response", "SyncPool", "Timeout"]
+from ._h1 import BadResponse, Response, ResponseReader, request_bytes
 
+__all__ = ["AsyncPool", "BadResponse", "ConnectError", "Endpoint", "Response", "SyncPool", "Timeout"]
 
-class Response(NamedTuple):
-    status: int
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
+_RECV = 65536
 
 
 class Timeout(Exception):
@@ -56,59 +59,39 @@ class Endpoint(NamedTuple):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"api_base must be an http(s) URL, not {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ValueError(f"api_base has a bad port: {url!r}") from None
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
     @property
     def origin(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def host_header(self) -> str:
+        return self.origin.split("://", 1)[1]
 
 
-_STALE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-_ssl_context: ssl.SSLContext | None = None
+class _Retry(Exception):
+    """A reused connection was closed by the server before any byte of an answer: send again, fresh."""
 
 
-def _ssl() -> ssl.SSLContext:
-    global _ssl_context
-    if _ssl_context is None:
-        _ssl_context = ssl.create_default_context()
-    return _ssl_context
-
-
-class _Stale(Exception):
-    """The server closed a kept-alive connection before answering (nothing was processed)."""
-
-
-def _request_head(method: str, path: str, endpoint: Endpoint, headers: dict[str, str], body: bytes) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", f"Host: {endpoint.host}:{endpoint.port}"]
-    head += [f"{k}: {v}" for k, v in headers.items()]
-    head.append(f"Content-Length: {len(body)}")
-    # one buffer, one send: headers and body in separate segments cost a wake-up each
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _parse_head(raw: bytes) -> tuple[int, dict[str, str], bool]:
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-        raise ValueError(f"bad status line {lines[0]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    keep = headers.get("connection", "").lower() != "close" and parts[0] != "HTTP/1.0"
-    return int(parts[1]), headers, keep
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
 
 
 class _SConn:
-    """A blocking socket with a read buffer: just enough HTTP/1.1 for JSON replies."""
-
     __slots__ = ("buf", "sock")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.buf = b""
+        self.buf = memoryview(bytearray(_RECV))
 
     def close(self) -> None:
         try:
@@ -116,50 +99,30 @@ class _SConn:
         except OSError:
             pass
 
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("server closed the connection")
-        self.buf += chunk
+    def quiet(self) -> bool:
+        """Nothing to read on an idle connection (no EOF, no stray bytes): safe to send on."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
 
-    def read_until(self, sep: bytes) -> bytes:
-        while True:
-            i = self.buf.find(sep)
-            if i >= 0:
-                out, self.buf = self.buf[: i + len(sep)], self.buf[i + len(sep) :]
-                return out
-            self._fill()
-
-    def read_exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._fill()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_response(self) -> tuple[Response, bool]:
-        status, headers, keep = _parse_head(self.read_until(b"\r\n\r\n"))
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
+    def exchange(self, payload: bytes, deadline: float, reused: bool) -> tuple[Response, bool]:
+        sock = self.sock
+        sock.settimeout(_left(deadline))
+        sock.sendall(payload)
+        reader = ResponseReader()
+        try:
             while True:
-                size = int(self.read_until(b"\r\n").split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.read_until(b"\r\n") != b"\r\n":
-                        pass
-                    break
-                chunks.append(self.read_exactly(size))
-                self.read_exactly(2)
-            body = b"".join(chunks)
-        elif "content-length" in headers:
-            body = self.read_exactly(int(headers["content-length"]))
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:
-            parts = [self.buf]
-            self.buf = b""
-            while chunk := self.sock.recv(65536):
-                parts.append(chunk)
-            body, keep = b"".join(parts), False
-        return Response(status, headers, body), keep
+                sock.settimeout(_left(deadline))
+                n = sock.recv_into(self.buf)
+                resp = reader.feed(self.buf[:n]) if n else reader.eof()
+                if resp is not None:
+                    return resp, reader.keep and not reader.extra
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+            if reused and not reader.started:
+                raise _Retry() from exc
+            raise
 
 
 class SyncPool:
@@ -170,55 +133,58 @@ class SyncPool:
         self.max_idle = max_idle
         self._idle: list[_SConn] = []
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
-    def _new(self, timeout: float) -> _SConn:
+    def _checkout(self) -> _SConn | None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share the parent's sockets
+                self._idle, self._pid = [], os.getpid()
+            while self._idle:
+                conn = self._idle.pop()
+                if conn.quiet():
+                    return conn
+                conn.close()
+        return None
+
+    def _new(self, deadline: float) -> _SConn:
         ep = self.endpoint
-        sock = socket.create_connection((ep.host, ep.port), timeout=timeout)
+        sock = socket.create_connection((ep.host, ep.port), timeout=_left(deadline))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ep.scheme == "https":
-            sock = _ssl().wrap_socket(sock, server_hostname=ep.host)
         return _SConn(sock)
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
-        payload = _request_head(method, path, self.endpoint, headers, body)
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
+        deadline = time.monotonic() + timeout
+        payload = request_bytes(method, path, self.endpoint.host_header, headers, body)
+        conn = self._checkout()
         reused = conn is not None
         while True:
             try:
                 if conn is None:
-                    conn = self._new(timeout)
-                else:
-                    conn.sock.settimeout(timeout)
-                conn.sock.sendall(payload)
-                try:
-                    resp, keep = conn.read_response()
-                except _STALE as exc:
-                    if reused and not conn.buf:
-                        raise _Stale() from exc
-                    raise
-            except _Stale:
+                    conn = self._new(deadline)
+                resp, keep = conn.exchange(payload, deadline, reused)
+                break
+            except _Retry:
                 conn.close()  # type: ignore[union-attr]
-                conn, reused = None, False  # the server dropped an idle connection: once more, fresh
-                continue
+                conn, reused = None, False
             except TimeoutError as exc:
                 if conn is not None:
                     conn.close()
-                raise Timeout(str(exc) or "timed out") from exc
-            except (OSError, ValueError) as exc:
+                raise Timeout(f"no complete reply within {timeout:g}s") from exc
+            except BadResponse:
                 if conn is not None:
                     conn.close()
-                if reused and isinstance(exc, _STALE):
-                    conn, reused = None, False
-                    continue
+                raise
+            except OSError as exc:
+                if conn is not None:
+                    conn.close()
                 raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
-            if keep:
-                with self._lock:
-                    if len(self._idle) < self.max_idle:
-                        self._idle.append(conn)
-                        return resp
-            conn.close()
-            return resp
+        if keep:
+            with self._lock:
+                if len(self._idle) < self.max_idle and self._pid == os.getpid():
+                    self._idle.append(conn)
+                    return resp
+        conn.close()
+        return resp
 
     def close(self) -> None:
         with self._lock:
@@ -240,6 +206,24 @@ class _AConn:
         except Exception:
             pass
 
+    def quiet(self) -> bool:
+        # StreamReader has no public "bytes buffered" query; a stray byte means the connection is in doubt
+        return not self.reader.at_eof() and not getattr(self.reader, "_buffer", b"") and not self.writer.is_closing()
+
+    async def exchange(self, payload: bytes, reused: bool) -> tuple[Response, bool]:
+        self.writer.write(payload)
+        reader = ResponseReader()
+        try:
+            while True:
+                data = await self.reader.read(_RECV)
+                resp = reader.feed(data) if data else reader.eof()
+                if resp is not None:
+                    return resp, reader.keep and not reader.extra
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
+            if reused and not reader.started:
+                raise _Retry() from exc
+            raise
+
 
 class AsyncPool:
     """Idle keep-alive connections to one endpoint, per event loop."""
@@ -253,46 +237,58 @@ class AsyncPool:
 
     async def _open(self) -> _AConn:
         ep = self.endpoint
-        if ep.scheme == "https":
-            reader, writer = await asyncio.open_connection(ep.host, ep.port, ssl=_ssl(), server_hostname=ep.host)
-        else:
-            reader, writer = await asyncio.open_connection(ep.host, ep.port)
+        reader, writer = await asyncio.open_connection(ep.host, ep.port)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _AConn(reader, writer)
 
-    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
+    def _idle_list(self) -> list[_AConn]:
         loop = asyncio.get_running_loop()
         idle = self._by_loop.get(loop)
         if idle is None:
             with self._lock:
                 idle = self._by_loop.setdefault(loop, [])
-        payload = _request_head(method, path, self.endpoint, headers, body)
+        return idle
+
+    async def request(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
+        idle = self._idle_list()
+        payload = request_bytes(method, path, self.endpoint.host_header, headers, body)
+        conn: _AConn | None = None
         try:
             async with asyncio.timeout(timeout):
-                conn = idle.pop() if idle else None
+                while idle:
+                    conn = idle.pop()
+                    if conn.quiet():
+                        break
+                    conn.close()
+                    conn = None
                 reused = conn is not None
                 while True:
                     if conn is None:
                         conn = await self._open()
                     try:
-                        conn.writer.write(payload)
-                        resp, keep = await _read_response(conn.reader)
-                    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                        resp, keep = await conn.exchange(payload, reused)
+                        break
+                    except _Retry:
                         conn.close()
-                        conn = None
-                        if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
-                            reused = False  # an idle connection the server had closed: retry once
-                            continue
-                        raise
-                    break
+                        conn, reused = None, False
         except TimeoutError as exc:
             if conn is not None:
                 conn.close()
-            raise Timeout(f"no complete reply within {timeout}s") from exc
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise Timeout(f"no complete reply within {timeout:g}s") from exc
+        except BadResponse:
+            if conn is not None:
+                conn.close()
+            raise
+        except OSError as exc:
+            if conn is not None:
+                conn.close()
             raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # cancelled mid-exchange: the connection is in doubt
+            if conn is not None:
+                conn.close()
+            raise
         if keep and len(idle) < self.max_idle:
             idle.append(conn)
         else:
@@ -304,26 +300,3 @@ class AsyncPool:
             for conn in conns:
                 conn.close()
             conns.clear()
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[Response, bool]:
-    status, headers, keep = _parse_head(await reader.readuntil(b"\r\n\r\n"))
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
-                break
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        body = b"".join(chunks)
-    elif "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif status in (204, 304) or 100 <= status < 200:
-        body = b""
-    else:
-        body = await reader.read()  # until the server closes
-        keep = False
-    return Response(status, headers, body), keep

@@ -7,9 +7,15 @@ objects they may mutate. Errors are never stored (callers only ``put`` replies).
 
 The SQLite file is opened on the first write (or the first read once it
 exists), never at import and never when the disk store is off. WAL mode plus
-``busy_timeout`` lets many processes read and write the same file. The file is
-bounded too: every ``_TRIM_EVERY`` writes, the oldest rows past
-``disk_max_entries`` are deleted.
+``busy_timeout`` lets many processes read and write the same file; the first
+open (create, switch to WAL, create the table) runs under an exclusive
+``flock`` on ``lm_cache.sqlite.lock``, because several processes switching a
+new file to WAL at once get "database is locked" whatever the busy timeout.
+Prompts and replies belong to the user: the directory is created 0700 and the
+files 0600 (SQLite gives its -wal/-shm files the database file's mode). A disk
+error never fails an LM call: it is a miss (get) or a skipped write (put),
+with one warning. The file is bounded too: every ``_TRIM_EVERY`` writes, the
+oldest rows past ``disk_max_entries`` are deleted.
 
 Switches, strongest first: ``DSPEX_CACHE=0`` / config ``[cache] enabled =
 false`` turn it off everywhere; then a call's ``cache=``, ``dspex.context(cache=...)``,
@@ -19,13 +25,16 @@ the LM's ``cache=``. ``DSPEX_CACHE_DIR`` (or ``[cache] disk = true`` with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +68,7 @@ class Cache:
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
         self._db_lock = threading.Lock()
+        self._warned = False
         self.hits = 0
         self.misses = 0
 
@@ -70,15 +80,31 @@ class Cache:
             return self._db
         if not create and not self.disk_path.exists():
             return None
-        self.disk_path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(self.disk_path), timeout=30, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=30000")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("CREATE TABLE IF NOT EXISTS lm_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
-        db.execute("CREATE INDEX IF NOT EXISTS lm_cache_created ON lm_cache (created)")
+        _private_dir(self.disk_path.parent)
+        with _file_lock(self.disk_path.with_name(self.disk_path.name + ".lock")):
+            _private_file(self.disk_path)
+            db = sqlite3.connect(str(self.disk_path), timeout=30, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("CREATE TABLE IF NOT EXISTS lm_cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)")
+                db.execute("CREATE INDEX IF NOT EXISTS lm_cache_created ON lm_cache (created)")
+            except BaseException:
+                db.close()
+                raise
         self._db, self._db_pid = db, os.getpid()  # a forked child opens its own
         return db
+
+    def _disk_failed(self, exc: Exception) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"dspex LM cache: the disk store {self.disk_path} failed ({type(exc).__name__}: {exc}); "
+                "LM calls go on without it. Check the directory's permissions and free space, or unset DSPEX_CACHE_DIR.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # API ----------------------------------------------------------------------
     def get(self, key: str) -> dict[str, Any] | None:
@@ -88,9 +114,13 @@ class Cache:
             if text is not None:
                 self._mem.move_to_end(key)
         if text is None and self.disk_path is not None:
-            with self._db_lock:
-                db = self._conn(create=False)
-                row = db.execute("SELECT value FROM lm_cache WHERE key = ?", (key,)).fetchone() if db else None
+            try:
+                with self._db_lock:
+                    db = self._conn(create=False)
+                    row = db.execute("SELECT value FROM lm_cache WHERE key = ?", (key,)).fetchone() if db else None
+            except (sqlite3.Error, OSError) as exc:
+                self._disk_failed(exc)
+                row = None
             if row is not None:
                 text = row[0]
                 self._remember(key, text)
@@ -105,13 +135,16 @@ class Cache:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         self._remember(key, text)
         if self.disk_path is not None:
-            with self._db_lock:
-                db = self._conn(create=True)
-                assert db is not None
-                db.execute("INSERT OR REPLACE INTO lm_cache (key, value, created) VALUES (?, ?, ?)", (key, text, time.time()))
-                self._writes += 1
-                if self._writes % _TRIM_EVERY == 1:
-                    self._trim(db)
+            try:
+                with self._db_lock:
+                    db = self._conn(create=True)
+                    assert db is not None
+                    db.execute("INSERT OR REPLACE INTO lm_cache (key, value, created) VALUES (?, ?, ?)", (key, text, time.time()))
+                    self._writes += 1
+                    if self._writes % _TRIM_EVERY == 1:
+                        self._trim(db)
+            except (sqlite3.Error, OSError) as exc:
+                self._disk_failed(exc)
 
     def _trim(self, db: sqlite3.Connection) -> None:
         """Delete the oldest rows past ``disk_max_entries`` (other processes' rows too)."""
@@ -157,6 +190,44 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache(memory={len(self)}/{self.memory_size}, disk={str(self.disk_path) if self.disk_path else None})"
+
+
+def _private_dir(path: Path) -> None:
+    """Create ``path`` readable by this user only (an existing directory is left as it is)."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)  # whatever the umask
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 before SQLite opens it (SQLite would use the umask: often 0644)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077 and os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock shared by every process that opens the same cache file."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: rely on SQLite's busy timeout alone
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _default: Cache | None = None
