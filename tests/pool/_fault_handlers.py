@@ -99,7 +99,10 @@ def spawn(ctx: Context, detach: bool = False) -> dict[str, int]:
     if not detach:
         p = subprocess.Popen(["sleep", "1000"])
         return {"pid": p.pid, "worker": os.getpid()}
-    code = "import subprocess; print(subprocess.Popen(['sleep', '1000'], start_new_session=True).pid)"
+    code = (
+        "import subprocess as s; "
+        "print(s.Popen(['sleep', '1000'], start_new_session=True, stdout=s.DEVNULL, stderr=s.DEVNULL).pid)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     return {"pid": int(out.stdout), "worker": os.getpid()}
 
