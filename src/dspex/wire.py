@@ -56,6 +56,7 @@ class H:
     DELETE = "dspy.delete"
     MODULES = "dspy.modules"
     OPTIMIZE = "dspy.optimize"
+    PROGRAM = "dspy.program"  # a composite program (dspex.Module) run in a worker (bridge/_program.py)
     EMBED_SEARCH = "dspy.embed_search"
     COLBERT_SEARCH = "dspy.colbert_search"
 

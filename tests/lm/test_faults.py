@@ -195,7 +195,9 @@ def test_rate_limit_rps_spaces_requests(fake_lm: FakeLMServer) -> None:
     times = [r["time"] for r in fake_lm.requests]
     # capacity 10 tokens burst; then exhausted -> check the bucket arithmetic directly below
     assert len(times) == 4
-    bucket = dspex.native.lm.TokenBucket(rate=5, capacity=1)
+    from dspex.native.lm import TokenBucket
+
+    bucket = TokenBucket(rate=5, capacity=1)
     assert bucket.reserve() == 0.0
     assert bucket.reserve() == pytest.approx(0.2, abs=0.02)
     assert bucket.reserve() == pytest.approx(0.4, abs=0.02)

@@ -213,7 +213,6 @@ def test_chain_of_thought_messages_match(dspy: Any) -> None:
 
 
 def test_class_based_signature_matches_dspy(dspy: Any) -> None:
-    import dspex
     from dspex.native.signature import InputField, OutputField, Signature
 
     class QA(Signature):
@@ -236,7 +235,9 @@ def test_class_based_signature_matches_dspy(dspy: Any) -> None:
         question: str = dspy.InputField()
         answer: int = dspy.OutputField(desc="a number")
 
-    assert isinstance(QA, dspex.native.signature.Signature)
+    from dspex.native.signature import Signature
+
+    assert isinstance(QA, Signature)
     assert QA.instructions == DQA.instructions
     assert QA.name == "QA"
     inputs = {"context": ["x"], "question": "q"}

@@ -37,14 +37,17 @@ class Flaky(dspex.LMTransportError):
 
 
 def test_public_names_from_dspex() -> None:
-    assert dspex.pipeline is not None
+    import dspex.pipeline as pipeline_pkg  # binds the name dspex.pipeline, i.e. the function pipeline()
+    from dspex.pipeline import branch, fan_out, parallel, pipeline, worker
+
     step = dspex.native(lambda x: x, name="ident", reads="x", writes="y")
     p = dspex.Pipeline([step])
     assert p.run(x=1)["y"] == 1
-    assert dspex.worker is dspex.pipeline.worker
-    assert dspex.parallel is dspex.pipeline.parallel
-    assert dspex.branch is dspex.pipeline.branch
-    assert dspex.fan_out is dspex.pipeline.fan_out
+    assert dspex.pipeline is pipeline is pipeline_pkg and dspex.pipeline([step]).run(x=2)["y"] == 2
+    assert dspex.worker is worker
+    assert dspex.parallel is parallel
+    assert dspex.branch is branch
+    assert dspex.fan_out is fan_out
 
 
 def test_data_flows_and_reads_come_from_parameters() -> None:

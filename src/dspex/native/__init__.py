@@ -9,23 +9,10 @@
     predict.py    Predict, ChainOfThought, output checks
     retrieve.py   BM25 over a local corpus
 
-The package object is also callable: ``dspex.native(fn, ...)`` builds a native
-pipeline step (see ``dspex.pipeline.native``). That keeps the seed's
-``{:native, Module, opts}`` spelling without a second name for this package.
+``dspex.native`` (the attribute of ``dspex``) is not this package but the function that
+builds a native pipeline step (``native`` of ``dspex.pipeline``, the seed's ``{:native, Module,
+opts}``); import from this package with ``from dspex.native.lm import LM`` (see
+docs/internals.md, "one name, one thing").
 """
 
 from __future__ import annotations
-
-import sys
-import types
-from typing import Any
-
-
-class _NativeModule(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from ..pipeline import native as native_step
-
-        return native_step(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _NativeModule

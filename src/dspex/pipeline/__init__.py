@@ -2,7 +2,7 @@
 
     import dspex
 
-    research = dspex.pipeline([          # the package is callable: same as dspex.pipeline.pipeline
+    research = dspex.pipeline([          # dspex.pipeline is the function pipeline() of this package
         dspex.native("question -> search_queries: list[str]"),            # in-process Predict
         dspex.worker("dspy.ChainOfThought",                                # DSPy, in a worker
                      signature="search_queries -> refined_queries", pool="dspy"),
@@ -20,7 +20,7 @@ checked before anything runs (``PipelineError`` lists every problem). Each run h
 one fresh session id that every worker step passes, so the worker-side state of a
 run is found again; it is dropped when the run ends.
 
-    steps.py       native / worker / parallel / branch / fan_out
+    steps.py       the step kinds (base, native_step, worker_step, op_step, groups)
     core.py        Pipeline: validate, run/arun, batch/abatch, stream/astream
     runner.py      the async core: retries, timeouts, fallback, cache, cancellation
     validation.py  the wiring checks
@@ -28,50 +28,42 @@ run is found again; it is dropped when the run ends.
     render.py      Mermaid diagrams
     serialize.py   YAML/JSON save and load, the callable registry and allowlist
     otel.py        OpenTelemetry spans (when installed)
+
+Names load lazily (PEP 562), so ``import dspex`` can load this package cheaply: it does,
+to keep ``dspex.pipeline`` the *function* (see docs/internals.md, "one name, one thing").
+Import from it with ``from dspex.pipeline import Pipeline, native, worker``.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .core import Pipeline, pipeline
-from .serialize import register, registered, unregister
-from .steps import (
-    Branch,
-    FanOut,
-    NativeStep,
-    Parallel,
-    Step,
-    StepContext,
-    WorkerStep,
-    branch,
-    current_step,
-    fan_out,
-    native,
-    parallel,
-    worker,
-)
-from .trace import (
-    Event,
-    PipelineResult,
-    RunFinished,
-    RunStarted,
-    StepFailedEvent,
-    StepFinished,
-    StepProgress,
-    StepRetrying,
-    StepStarted,
-    StepTrace,
-    Trace,
-)
+# public name -> module of this package that defines it
+_LAZY: dict[str, str] = {
+    "Pipeline": ".core",
+    "pipeline": ".core",
+    "register": ".serialize",
+    "registered": ".serialize",
+    "unregister": ".serialize",
+    **dict.fromkeys(
+        ["Branch", "FanOut", "NativeStep", "OpStep", "Parallel", "Step", "StepContext", "WorkerStep", "branch",
+         "current_step", "fan_out", "native", "op", "parallel", "worker"],
+        ".steps",
+    ),
+    **dict.fromkeys(
+        ["Event", "PipelineResult", "RunFinished", "RunStarted", "StepFailedEvent", "StepFinished", "StepProgress",
+         "StepRetrying", "StepStarted", "StepTrace", "Trace"],
+        ".trace",
+    ),
+}
 
 __all__ = [
     "Branch",
     "Event",
     "FanOut",
     "NativeStep",
+    "OpStep",
     "Parallel",
     "Pipeline",
     "PipelineResult",
@@ -91,6 +83,7 @@ __all__ = [
     "current_step",
     "fan_out",
     "native",
+    "op",
     "parallel",
     "pipeline",
     "register",
@@ -100,12 +93,49 @@ __all__ = [
 ]
 
 
-class _PipelineModule(types.ModuleType):
-    """``dspex.pipeline`` is this package (``import dspex.pipeline`` binds the name to
-    it), so the package itself is callable: ``dspex.pipeline([...])`` builds a Pipeline."""
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dspex.pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
-    def __call__(self, steps: Any, **options: Any) -> Pipeline:
-        return pipeline(steps, **options)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
-sys.modules[__name__].__class__ = _PipelineModule
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .core import Pipeline, pipeline
+    from .serialize import register, registered, unregister
+    from .steps import (
+        Branch,
+        FanOut,
+        NativeStep,
+        OpStep,
+        Parallel,
+        Step,
+        StepContext,
+        WorkerStep,
+        branch,
+        current_step,
+        fan_out,
+        native,
+        op,
+        parallel,
+        worker,
+    )
+    from .trace import (
+        Event,
+        PipelineResult,
+        RunFinished,
+        RunStarted,
+        StepFailedEvent,
+        StepFinished,
+        StepProgress,
+        StepRetrying,
+        StepStarted,
+        StepTrace,
+        Trace,
+    )

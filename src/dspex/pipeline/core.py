@@ -306,7 +306,7 @@ class Pipeline:
         manager: Any = None,
     ) -> Pipeline:
         """Read a pipeline saved by ``save``. Callables it references must be registered
-        (``dspex.pipeline.register``) or match an ``allow`` pattern ("pkg.mod:fn",
+        (``register`` of ``dspex.pipeline``) or match an ``allow`` pattern ("pkg.mod:fn",
         "pkg.mod:*"); anything else is a ``PipelineError`` naming it."""
         from .serialize import load
 

@@ -280,7 +280,7 @@ class RunState:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 continue
-            if isinstance(error, StepFailed) and step.kind not in ("native", "worker"):
+            if isinstance(error, StepFailed) and step.kind not in ("native", "worker", "op"):
                 raise error  # a child's failure: keep the innermost step's name
             raise StepFailed(st.name, error) from error
 
@@ -408,12 +408,13 @@ class RunState:
             self._pools[ref] = pool
         return pool
 
-    async def use_pool(self, step: WorkerStep, st: StepTrace) -> Any:
-        """The step's pool, noted as used by this run (its session is dropped at the end)."""
-        pool = await self.pool_for(step.pool)
+    async def use_pool(self, ref: Any, st: StepTrace) -> Any:
+        """The pool ``ref`` names (or is), noted as used by this run (its session is dropped at
+        the end)."""
+        pool = await self.pool_for(ref)
         if all(p is not pool for p in self.pools_used):
             self.pools_used.append(pool)
-        st.where = str(getattr(pool, "name", step.pool_name()))
+        st.where = str(getattr(pool, "name", ref if isinstance(ref, str) else "pool"))
         return pool
 
     def event_sink(self, st: StepTrace) -> Callable[[Any], None]:
@@ -427,7 +428,7 @@ class RunState:
 
     async def call_worker(self, step: WorkerStep, kwargs: dict[str, Any], st: StepTrace) -> Any:
         """A ``worker(handler=...)`` step's call, with the run's session; errors mapped as the API's."""
-        pool = await self.use_pool(step, st)
+        pool = await self.use_pool(step.pool, st)
         try:
             result = await pool.acall_detailed(step.handler, session=self.session, on_event=self.event_sink(st),
                                                **kwargs)

@@ -79,7 +79,7 @@ def _ref(obj: Any, problems: list[str], where: str) -> str:
             pass
     problems.append(
         f"{where}: {obj!r} cannot be saved by reference (a lambda, a local or __main__ function, or an "
-        "instance); register it with dspex.pipeline.register('name', obj) or use a module-level function"
+        "instance); register it with register('name', obj) from dspex.pipeline or use a module-level function"
     )
     return "?"
 
@@ -227,7 +227,7 @@ class _Loader:
                 if ref in _registry:
                     return _registry[ref]
             self.problems.append(
-                f"{where}: {ref!r} is not a registered name; call dspex.pipeline.register({ref!r}, fn) "
+                f"{where}: {ref!r} is not a registered name; call register({ref!r}, fn) (from dspex.pipeline import register) "
                 "before loading, or reference it as 'package.module:function' with an allow= pattern"
             )
             return None
@@ -235,7 +235,7 @@ class _Loader:
             module = ref.split(":", 1)[0]
             self.problems.append(
                 f"{where}: callable {ref!r} is not allowed; pass allow=[{ref!r}] (or {module + ':*'!r}) "
-                f"to Pipeline.load, or register it with dspex.pipeline.register('name', fn)"
+                f"to Pipeline.load, or register it with register('name', fn) from dspex.pipeline"
             )
             return None
         module, _, qualname = ref.partition(":")

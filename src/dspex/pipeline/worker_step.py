@@ -155,7 +155,7 @@ class WorkerStep(Step):
         if self.module is None:
             return self._outputs(await rt.call_worker(self, {**self.params, **inputs}, st))
         lm = self.lm if self.lm is not None else rt.lm
-        pool = await rt.use_pool(self, st)
+        pool = await rt.use_pool(self.pool, st)
         info = CallInfo()
         call = arun_module(self.decision(), self.signature, inputs, lm=lm, adapter=self.adapter,
                            options=self.module_options(), tools=self.tools, pool=pool, session=rt.session,

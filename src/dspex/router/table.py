@@ -140,7 +140,7 @@ OPS: dict[str, Op] = {
         WorkerImpl("dspy.retrievers.Embeddings / dspy.ColBERTv2", (H.EMBED_SEARCH,), select=_retrieve_handlers),
     ),
     "module": Op("module", NativeImpl("dspex.native.module.Module", _check_module),
-                 WorkerImpl("the program's forward() with DSPy predictors", ("dspy.program",))),
+                 WorkerImpl("the program's forward() with DSPy predictors", (H.PROGRAM,))),
 }
 
 
