@@ -114,7 +114,7 @@ def deepcopy_program(program: Any) -> Any:
     adapters and checks (clients and code, not learned state; copying an LM would drop its key)."""
     memo: dict[int, Any] = {}
     for _, p in named_parameters(program):
-        for shared in (p.lm, p.adapter, p.check):
+        for shared in (p.lm, p.adapter, p.check, p.signature):  # signatures are immutable values
             if shared is not None:
                 memo[id(shared)] = shared
     try:
