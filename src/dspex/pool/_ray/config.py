@@ -123,7 +123,7 @@ class RayPoolConfig:
         opts: dict[str, Any] = {
             "max_restarts": int(self.max_restarts),
             "max_task_retries": 0,  # a call never silently runs twice
-            "max_concurrency": self.max_concurrency + 1,  # + the watch call
+            "max_concurrency": self.max_concurrency,  # control methods have their own group
             "runtime_env": runtime_env,
         }
         if self.num_cpus is not None:
