@@ -29,6 +29,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "miprov2": {"auto": None, "num_candidates": 2, "num_trials": 2, "minibatch": False,
                 "max_bootstrapped_demos": 1, "max_labeled_demos": 1},
     "gepa": {"max_metric_calls": 16},
+    # the other optimizers take the same path: small runs to show they accept a composite program
+    "bootstrap_rs": {"max_bootstrapped_demos": 1, "max_labeled_demos": 1, "num_candidate_programs": 1},
+    "copro": {"breadth": 2, "depth": 1},
+    "simba": {"bsize": 2, "num_candidates": 2, "max_steps": 1, "max_demos": 1},
 }
 
 

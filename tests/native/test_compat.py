@@ -184,6 +184,8 @@ def test_deepcopy_parameters_reset_on_predictors_match_dspy() -> None:
     ours, theirs = dspex.ChainOfThought("q -> a"), dspy.ChainOfThought("q -> a")
     ours.predict.demos, theirs.predict.demos = [demo], [dspy.Example(**demo)]
     assert len(ours.predict.parameters()) == len(theirs.predict.parameters()) == 1
+    assert [n for n, _ in ours.named_predictors()] == [n for n, _ in theirs.named_predictors()] == ["predict"]
+    assert ours.parameters() == [ours.predict] and ours.reset_copy().predict.demos == []
     c1, c2 = ours.predict.deepcopy(), theirs.predict.deepcopy()
     assert c1 is not ours.predict and c1.demos == [demo] and len(c2.demos) == 1
     ours.predict.reset()

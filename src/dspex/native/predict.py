@@ -659,6 +659,30 @@ class ChainOfThought:
     def __repr__(self) -> str:
         return f"ChainOfThought({self.predict.signature.to_string()})"
 
+    # DSPy's module API: the inner Predict is the only parameter, named "predict".
+    def named_parameters(self) -> list[tuple[str, Predict]]:
+        return [("predict", self.predict)]
+
+    named_predictors = named_parameters
+
+    def parameters(self) -> list[Predict]:
+        return [self.predict]
+
+    predictors = parameters
+
+    def deepcopy(self) -> Any:
+        from .module import deepcopy_program
+
+        return deepcopy_program(self)
+
+    def reset_copy(self) -> Any:
+        new = self.deepcopy()
+        new.predict.reset()
+        return new
+
+    def reset(self) -> None:
+        self.predict.reset()
+
     def __call__(self, *args: Any, **kwargs: Any) -> Prediction:
         return self.predict(*args, **kwargs)
 
