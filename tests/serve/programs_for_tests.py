@@ -53,3 +53,15 @@ def shout(question: str) -> str:
 
 def count_words(loud: str) -> int:
     return len(loud.split())
+
+
+class TwoStep(dspex.Module):
+    """A dspex.Module (served as a class: one instance), sync forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspex.Predict("question -> draft")
+        self.polish = dspex.ChainOfThought("draft -> answer")
+
+    def forward(self, question: str) -> Any:
+        return self.polish(draft=self.draft(question=question).draft)

@@ -119,6 +119,19 @@ def test_object_programs_composite_function_and_class(serve: Any, lm: Any, fake_
     assert r.status_code == 200 and set(r.json()["outputs"]) == {"answer"}
 
 
+def test_dspex_module_class_with_trace_rows_and_timeout(serve: Any, lm: Any, fake_lm: Any) -> None:
+    srv = serve(programs=[{"name": "two", "object": "serve.programs_for_tests:TwoStep",
+                           "signature": "question -> answer"},
+                          {"name": "slow", "object": "serve.programs_for_tests:slow", "timeout_s": 0.2}], lm=lm)
+    r = srv.client.post("/v1/programs/two", json={"question": "q"})
+    assert r.status_code == 200, r.text
+    assert set(r.json()["outputs"]) >= {"answer"}
+    steps = [row["step"] for row in r.json()["trace"]]
+    assert steps == ["two", "two/draft", "two/polish.predict"], steps  # one row per predictor call
+    r = srv.client.post("/v1/programs/slow", json={"seconds": 30})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "Timeout"
+
+
 def test_errors_carry_no_traceback_or_secret(serve: Any, lm: Any, fake_lm: Any) -> None:
     from dspex.testing import Fault
 

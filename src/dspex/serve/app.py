@@ -242,7 +242,7 @@ class Service:
     async def _run_watched(self, target: Target, request: Request, inputs: dict[str, Any],
                            session: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Run the call; cancel it (and raise ``_ClientGone``) if the client disconnects first."""
-        work = asyncio.ensure_future(target.call(inputs, session, lambda ev: None))
+        work = asyncio.ensure_future(self._timed(target.call(inputs, session, lambda ev: None), target))
         watcher = asyncio.ensure_future(watch_disconnect(request.receive))
         try:
             await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +257,14 @@ class Service:
                 await work
             raise _ClientGone()
         return work.result()
+
+    async def _timed(self, call: Any, target: Target) -> Any:
+        """The call under the endpoint's ``timeout_s``, else the service's ``request_timeout_s``."""
+        limit = target.timeout_s or self.cfg.request_timeout_s
+        if not limit:
+            return await call
+        async with asyncio.timeout(limit):
+            return await call
 
     def _stream(self, target: Target, request: Request, inputs: dict[str, Any], session: str | None,
                 rid: str) -> EventStreamResponse:
@@ -280,7 +288,7 @@ class Service:
                     return
                 queue.put_nowait(ev)
 
-            work = asyncio.ensure_future(target.call(inputs, session, emit))
+            work = asyncio.ensure_future(self._timed(target.call(inputs, session, emit), target))
             work.add_done_callback(lambda _t: queue.put_nowait(None))
             try:
                 yield format_event("start", {"request_id": rid, "endpoint": target.name, "session": session})

@@ -160,14 +160,15 @@ class NativeProgram(Target):
         except FileNotFoundError:
             raise ConfigError(f"program {cfg.name!r}: state file {cfg.state!r} does not exist") from None
         self.program = program
-        self.ctx = _Context(lm)
+        self.ctx = _Context(lm)  # the LM goes straight to acall(lm=): no context switch per call
         sig = program.signature
         super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True))
         self.kind = f"native {cfg.module}"
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
         t0 = time.perf_counter()
-        pred = await _call_object(self.program, inputs, self.ctx)
+        lm = self.ctx.lm
+        pred = await (self.program.acall(**inputs, lm=lm) if lm is not None else self.program.acall(**inputs))
         usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
         row = _row(self.name, "native", "native", os.getpid(), time.perf_counter() - t0, usage)
         return _as_outputs(pred, self.outputs), [row]
@@ -282,8 +283,25 @@ class ObjectProgram(Target):
         t0 = time.perf_counter()
         value = await _call_object(self.obj, inputs, self.ctx)
         usage = value.get_lm_usage() if hasattr(value, "get_lm_usage") else None
-        return _as_outputs(value, self.outputs), [
-            _row(self.name, "native", "native", os.getpid(), time.perf_counter() - t0, usage)]
+        rows = [_row(self.name, "native", "native", os.getpid(), time.perf_counter() - t0, usage)]
+        return _as_outputs(value, self.outputs), rows + self._predictor_rows(value)
+
+    def _predictor_rows(self, value: Any) -> TraceRows:
+        """One row per predictor call of a ``dspex.Module`` (its prediction's trace)."""
+        get_trace = getattr(value, "get_trace", None)
+        calls = get_trace() if callable(get_trace) else None
+        if not calls:
+            return []
+        named = getattr(self.obj, "named_predictors", None)
+        names = {id(p): n for n, p in named()} if callable(named) else {}
+        rows = []
+        for predictor, _inputs, pred in calls:
+            usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+            row = _row(f"{self.name}/{names.get(id(predictor), type(predictor).__name__)}", "predictor", "native",
+                       os.getpid(), 0.0, usage)
+            row["ms"] = None  # the module's trace does not time each predictor
+            rows.append(row)
+        return rows
 
 
 def _params_of(obj: Any) -> tuple[dict[str, FieldInfo], list[str]]:
@@ -339,8 +357,7 @@ class PipelineTarget(Target):
             await asyncio.to_thread(self.manager.get, name)
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
-        run = self.pipe.arun(inputs, session=session, on_event=emit)
-        result = await (asyncio.wait_for(run, self.timeout_s) if self.timeout_s else run)
+        result = await self.pipe.arun(inputs, session=session, on_event=emit)
         out = {k: v for k, v in result.items() if k not in inputs}
         return out, result.trace.rows()
 
