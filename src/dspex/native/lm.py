@@ -200,7 +200,7 @@ class BaseLM:
 
     def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
         """The override's reply as a :class:`Completion` (``__call__`` first, else ``forward``)."""
-        from .predict import call_override
+        from ._custom_lm import call_override
 
         return call_override(self, messages, overrides)
 
@@ -496,7 +496,7 @@ class LM(BaseLM):
                 detail = str(err.get("message") or err)
             elif err:
                 detail = str(err)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not JSON, or absurdly nested
             pass
         detail = detail[:300]
         lowered = text.lower()

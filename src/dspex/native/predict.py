@@ -49,8 +49,6 @@ import contextvars
 import logging
 import os
 import threading
-import types
-import typing
 from collections.abc import Callable, Generator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,29 +57,28 @@ from ..errors import (
     CheckFailed,
     ConfigError,
     ImplementationUnavailable,
-    InputError,
     LocalModelError,
     ParseError,
 )
-from ..settings import current, load_config, shared_config
+from ..settings import current, load_config
+from ._custom_lm import Override, override_kind
+from ._inputs import INPUT_MODES, prepare_inputs
 from .adapters import ChatAdapter, JSONAdapter
 from .signature import InputField, Signature, ensure_signature
 from .values import Example, Prediction
 
-__all__ = ["TRACE", "ChainOfThought", "Predict", "call_override", "check_type"]
+__all__ = ["TRACE", "ChainOfThought", "Predict"]
 
 logger = logging.getLogger("dspex")
 # The trace of the running dspex.Module call: (predictor, inputs, prediction) per Predict call.
 TRACE: contextvars.ContextVar[list[tuple[Any, dict[str, Any], Any]] | None] = contextvars.ContextVar(
     "dspex_trace", default=None
 )
-_INPUT_MODES = ("error", "warn", "off")
 
 _CHAT = ChatAdapter()
 _JSON = JSONAdapter()
 _HINT_FIELD = "hint_"
 _HINT_DESC = "A hint to the module from an earlier run"
-_ABSENT: Any = object()
 
 Check = Callable[[Prediction], Any]
 # What the call program yields to its driver: (messages, LM overrides); it gets a Completion back.
@@ -183,116 +180,6 @@ def _hint(feedback: str, pred: Prediction, sig: Signature) -> str:
     return "\n".join(lines)
 
 
-def check_type(value: Any, expected: Any) -> bool:
-    """DSPy 3.4.1's input type check (``_is_value_compatible_with_type``): a list of str
-    passes for a str field; containers are checked element-wise; classes by isinstance."""
-    if expected is str and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return True
-    return _check(value, expected)
-
-
-def _check(value: Any, expected: Any) -> bool:
-    if expected is Any:
-        return True
-    origin = typing.get_origin(expected)
-    args = typing.get_args(expected)
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_check(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if origin in (list, set, frozenset):
-        return isinstance(value, origin) and (not args or all(_check(v, args[0]) for v in value))
-    if origin is dict:
-        return isinstance(value, dict) and (
-            not args or all(_check(k, args[0]) and _check(v, args[1]) for k, v in value.items()))
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is ...:
-            return all(_check(v, args[0]) for v in value)
-        return not args or (len(value) == len(args) and all(_check(v, a) for v, a in zip(value, args, strict=True)))
-    return isinstance(value, expected) if isinstance(expected, type) else False
-
-
-def _allows_none(annotation: Any) -> bool:
-    if annotation is None or annotation is type(None):
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_allows_none(a) for a in typing.get_args(annotation))
-    return False
-
-
-_mode_memo: list[Any] = [None, "error"]  # (config version, [predict] check_inputs)
-
-
-def _config_mode() -> str:
-    version, conf = shared_config()
-    if _mode_memo[0] != version:
-        mode = (conf.get("predict") or {}).get("check_inputs", "error")
-        if mode not in _INPUT_MODES:
-            raise ConfigError(f"[predict] check_inputs must be one of {', '.join(_INPUT_MODES)}, not {mode!r}")
-        _mode_memo[:] = [version, mode]
-    return str(_mode_memo[1])
-
-
-def _override_kind(cls: type) -> str | None:
-    """'call' / 'forward' when an LM class overrides DSPy-style ``__call__`` / ``forward``."""
-    cached = _OVERRIDES.get(cls)
-    if cached is None:
-        from .lm import LM, BaseLM
-
-        if cls.__call__ not in (BaseLM.__call__, LM.__call__):
-            cached = "call"
-        elif cls.forward is not BaseLM.forward:  # type: ignore[attr-defined]
-            cached = "forward"
-        else:
-            cached = ""
-        if len(_OVERRIDES) < 1024:
-            _OVERRIDES[cls] = cached
-    return cached or None
-
-
-_OVERRIDES: dict[type, str] = {}
-
-
-def call_override(lm: Any, messages: list[dict[str, Any]], overrides: dict[str, Any]) -> Any:
-    """Call a custom LM's ``__call__`` (texts) or ``forward`` (OpenAI-style response) -> Completion."""
-    from .lm import Completion
-
-    kw = {k: v for k, v in overrides.items() if k not in ("cache", "rollout_id", "grammar")}
-    kind = _override_kind(type(lm))
-    model = str(getattr(lm, "model", type(lm).__name__))
-    if kind == "call":
-        out = lm(messages=messages, **kw)
-        items = [out] if isinstance(out, (str, dict)) else list(out or [])
-        texts = [o if isinstance(o, str) else str(o.get("text", "")) for o in items]
-        return Completion(texts[0] if texts else "", {}, model, out, False, texts)
-    response = lm.forward(messages=messages, **kw)
-    get = (lambda o, k, d=None: o.get(k, d)) if isinstance(response, dict) else (lambda o, k, d=None: getattr(o, k, d))
-    texts = []
-    for choice in get(response, "choices", None) or []:
-        message = choice.get("message") if isinstance(choice, dict) else getattr(choice, "message", None)
-        content = (message.get("content") if isinstance(message, dict) else getattr(message, "content", None)) or ""
-        texts.append(str(content))
-    usage_obj = get(response, "usage", None) or {}
-    usage = {k: int((usage_obj.get(k) if isinstance(usage_obj, dict) else getattr(usage_obj, k, 0)) or 0)
-             for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    return Completion(texts[0] if texts else "", usage, model, response, False, texts)
-
-
-class _Override:
-    """An :class:`LM` subclass whose ``forward``/``__call__`` the user overrode: Predict calls that."""
-
-    __slots__ = ("lm", "model")
-
-    def __init__(self, lm: Any):
-        self.lm = lm
-        self.model = getattr(lm, "model", type(lm).__name__)
-
-    def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Any:
-        return call_override(self.lm, messages, overrides)
-
-
 class Predict:
     """Map a signature's inputs to its outputs with one LM call (plus the JSON fallback)."""
 
@@ -311,8 +198,8 @@ class Predict:
         **config: Any,
     ):
         self.signature: Signature = ensure_signature(signature, instructions)
-        if check_inputs is not None and check_inputs not in _INPUT_MODES:
-            raise ConfigError(f"check_inputs must be one of {', '.join(_INPUT_MODES)}, not {check_inputs!r}")
+        if check_inputs is not None and check_inputs not in INPUT_MODES:
+            raise ConfigError(f"check_inputs must be one of {', '.join(INPUT_MODES)}, not {check_inputs!r}")
         self.check_inputs = check_inputs  # None: config [predict] check_inputs, default "error"
         self.demos: list[Any] = list(demos or [])
         self.adapter = adapter
@@ -365,45 +252,7 @@ class Predict:
         return new
 
     def _inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """Defaults filled in; missing, extra and mistyped inputs an InputError (or a warning)."""
-        fields = self.signature.input_fields
-        if inputs.keys() != fields.keys():
-            for name, f in fields.items():
-                # As DSPy 3.4.1: default= fills a missing input; default_factory= leaves it out
-                # of the prompt (DSPy checks only `default`), but it is not "missing" either.
-                if name not in inputs and f.has_default and f.extra is not None and "default_factory" not in dict(f.extra):
-                    inputs[name] = f.default_value()
-        problems = None
-        for name, f in fields.items():
-            value = inputs.get(name, _ABSENT)
-            if value is _ABSENT:
-                if not f.has_default and not _allows_none(f.annotation):
-                    problems = problems or []
-                    problems.append(f"missing input {name!r}")
-            elif value is not None and not (value.__class__ is str and f.annotation is str) \
-                    and not check_type(value, f.annotation):
-                problems = problems or []
-                problems.append(f"input {name!r} should be {f.type_name}, got {type(value).__name__} {value!r:.60}")
-        if len(inputs) > len(fields) or problems:
-            extra = [k for k in inputs if k not in fields]
-            if extra:
-                problems = problems or []
-                problems.append(f"unexpected input(s) {', '.join(map(repr, extra))}")
-            if problems:
-                self._bad_inputs(problems)
-        return inputs
-
-    def _bad_inputs(self, problems: list[str]) -> None:
-        mode = self.check_inputs or _config_mode()
-        if mode == "off":
-            return
-        expected = ", ".join(f"{n}: {f.type_name}" for n, f in self.signature.input_fields.items())
-        text = f"{self!r}: {'; '.join(problems)} (expected inputs: {expected})"
-        if mode == "warn":
-            logger.warning("dspex: %s", text)
-            return
-        raise InputError(text + "; pass check_inputs='warn' (or set [predict] check_inputs) to only warn",
-                         problems=problems)
+        return prepare_inputs(self, inputs)
 
     # ------------------------------------------------------------- the call
     def _resolve(self, lm: Any, adapter: Any) -> tuple[Any, Any]:
@@ -412,11 +261,11 @@ class Predict:
         if lm is None:
             lm = _fallback_lm()
         adapter = adapter or self.adapter or st.adapter or _CHAT
-        if _override_kind(type(lm)) is not None:
+        if override_kind(type(lm)) is not None:
             from .lm import LM
 
             if isinstance(lm, LM):  # LM.complete is HTTP: route to the user's override
-                lm = _Override(lm)
+                lm = Override(lm)
         return lm, adapter
 
     def _overrides(self, lm: Any, adapter: Any, sig: Signature, config: Mapping[str, Any] | None) -> dict[str, Any]:
