@@ -81,6 +81,16 @@ def test_large_body_is_read_whole(mode: str, chunked: bool) -> None:
     assert len(out.text) == size and out.text.count("x") == size
 
 
+def test_very_large_body_is_read_in_linear_time() -> None:
+    # 96 MiB in 64 KiB reads: the old sync client re-copied its whole buffer on every read
+    # (~30 s here, the issue measured 59 s for 128 MiB); linear reading takes a second or two,
+    # so this test's timeout, not a wall-clock assertion, separates the two
+    size = 96 << 20
+    with HostileServer(big_body(size)) as server:
+        out = lm_for(server, timeout=60.0).complete(ask("huge"))
+    assert len(out.text) == size
+
+
 # --- finding 7: typed errors, same head limit sync and async -----------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_head_over_64k_but_under_the_limit_is_fine(mode: str) -> None:

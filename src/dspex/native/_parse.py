@@ -263,7 +263,10 @@ def _bare_word(word: str) -> Any:
     if low in _LOWER_WORDS:
         return _LOWER_WORDS[low]
     if _NUMBER.fullmatch(word):
-        return _json_loads(word)
+        try:
+            return _json_loads(word)
+        except ValueError:  # an integer over Python's 4,300-digit limit stays text
+            return word
     return word
 
 
@@ -395,7 +398,10 @@ def _v_int(value: Any, strict: bool) -> Any:
     if isinstance(value, str):
         s = value.strip()
         if s.isascii() and _INT_TEXT.fullmatch(s):
-            return int(s.split(".", 1)[0].replace("_", ""))
+            try:
+                return int(s.split(".", 1)[0].replace("_", ""))
+            except ValueError:  # over Python's 4,300-digit limit for int(str)
+                raise _fail(value, "integer (too many digits)") from None
     raise _fail(value, "integer")
 
 

@@ -186,10 +186,13 @@ class _Loop:
 atexit.register(_Loop.shutdown)
 
 
-def _ssl_context(ssl_ca_file: str | None, verify: bool | str) -> ssl.SSLContext | bool:
+def _ca_file(ssl_ca_file: str | None, verify: bool | str) -> str | None:
+    return ssl_ca_file or (verify if isinstance(verify, str) else None) or os.environ.get("SSL_CERT_FILE") or None
+
+
+def _ssl_context(cafile: str | None, verify: bool | str) -> ssl.SSLContext | bool:
     if verify is False:
         return False
-    cafile = ssl_ca_file or (verify if isinstance(verify, str) else None) or os.environ.get("SSL_CERT_FILE") or None
     try:
         return ssl.create_default_context(cafile=cafile)
     except (OSError, ssl.SSLError) as exc:
@@ -201,16 +204,16 @@ class LibraryTransport:
 
     def __init__(self, endpoint: Endpoint, *, ssl_ca_file: str | None = None, verify: bool | str = True):
         self.endpoint = endpoint
-        self.ssl_ca_file = ssl_ca_file
         self.verify = verify
-        self._key = (ssl_ca_file, verify if isinstance(verify, (bool, str)) else True)
+        self.ca_file = _ca_file(ssl_ca_file, verify)  # read once, like the proxy settings
+        self._key = (self.ca_file, verify is False)  # LMs with the same TLS settings share a session
 
     async def _session(self, loop: _Loop) -> Any:
         session = loop.sessions.get(self._key)
         if session is None or session.closed:
             import aiohttp
 
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.ssl_ca_file, self.verify), limit=256)
+            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.ca_file, self.verify), limit=256)
             session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=True)
             loop.sessions[self._key] = session
         return session

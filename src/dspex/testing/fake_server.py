@@ -29,6 +29,7 @@ import email.utils
 import itertools
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -399,8 +400,10 @@ class FakeLMServer:
         responder: Callable[[dict[str, Any]], str] | None = None,
         autofill: bool = True,
         remote_control: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self._port = port
+        self._ssl = ssl_context  # serve HTTPS (tests of TLS with a private CA)
         self._state = _State(latency, responder, autofill)
         self._remote_control = remote_control
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -427,7 +430,9 @@ class FakeLMServer:
         self._loop = loop
         try:
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._protocol.handle, "127.0.0.1", self._port, backlog=1024, limit=1 << 22)
+                asyncio.start_server(
+                    self._protocol.handle, "127.0.0.1", self._port, backlog=1024, limit=1 << 22, ssl=self._ssl
+                )
             )
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:
@@ -472,12 +477,12 @@ class FakeLMServer:
     # what tests use ------------------------------------------------------------
     @property
     def base_url(self) -> str:
-        """``http://127.0.0.1:PORT/v1`` (the OpenAI-style api_base)."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        """``http://127.0.0.1:PORT/v1`` (the OpenAI-style api_base; https with ``ssl_context=``)."""
+        return f"{self.url}/v1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def requests(self) -> list[dict[str, Any]]:

@@ -141,12 +141,14 @@ def big_body(size: int, *, chunked: bool = False, chunk: int = 1 << 16) -> Behav
     """A reply whose text is ``size`` bytes of "x", with Content-Length or chunked."""
 
     def behave(ex: Exchange, req: dict[str, Any]) -> None:
-        full = chat_reply("x" * size)
-        head, _, body = full.partition(b"\r\n\r\n")
+        # built as bytes in one go: the server must not be the slow side of a large-body test
+        body = b'{"model": "hostile", "choices": [{"message": {"content": "' + b"x" * size + b'"}}]}'
+        framing = b"Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}".encode()
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + framing
         if not chunked:
-            ex.send(full)
+            ex.send(head + b"\r\n\r\n")
+            ex.send(body)
             return
-        head = head.replace(f"Content-Length: {len(body)}".encode(), b"Transfer-Encoding: chunked")
         ex.send(head + b"\r\n\r\n")
         for i in range(0, len(body), chunk):
             piece = body[i : i + chunk]
