@@ -150,3 +150,53 @@ async def test_cancelling_a_composite_optimization_frees_the_worker(fake_lm: Fak
         await asyncio.sleep(0.05)
     assert opt_pool.stats()["in_flight"] == 0 and opt_pool.workers() == [pid_before]
     fake_lm.latency = 0.0
+
+
+HINT = "Add the two numbers and reply with the sum only."
+
+
+def _teacher(body: dict) -> str:
+    """A fake LM that answers right only when the instructions carry HINT, and whose
+    reflection proposes HINT: GEPA must find it and the state must carry it."""
+    import re
+
+    from dspex.testing._autofill import autofill
+
+    messages = body.get("messages") or []
+    text = "\n".join(str(m.get("content", "")) for m in messages)
+    if "new_instruction" in str(messages[0].get("content", "")):  # DSPy GEPA's ProposeInstruction (JSONAdapter)
+        return json.dumps({"new_instruction": HINT})
+    if "`answer`" in str(messages[0].get("content", "")) and (m := re.findall(r"What is (\d+)\+(\d+)\?", text)):
+        a, b = m[-1]
+        answer = str(int(a) + int(b)) if HINT in text else "I am not sure"
+        return f"[[ ## reasoning ## ]]\nadding\n\n[[ ## answer ## ]]\n{answer}\n\n[[ ## completed ## ]]"
+    return autofill(messages)
+
+
+def exact(example: dspex.Example, prediction: dspex.Prediction) -> dict:
+    right = prediction.answer == example.answer
+    return {"score": 1.0 if right else 0.0, "feedback": "correct" if right else f"the answer is {example.answer}"}
+
+
+def test_gepa_finds_a_better_instruction_and_it_serves_natively(fake_lm: FakeLMServer, opt_pool: Any,
+                                                                 tmp_path: Any) -> None:
+    fake_lm.responder = _teacher
+    fake_lm.autofill = False
+    result = dspex.optimize(TwoStage(), TRAIN, optimizer="gepa", metric=exact, lm=lm_for(fake_lm), pool=opt_pool,
+                            max_metric_calls=40, reflection_minibatch_size=2, seed=0)
+    changed = [name for name, st in result.state.items() if st["signature"]["instructions"] == HINT]
+    assert changed, {k: v["signature"]["instructions"] for k, v in result.state.items()}
+    served = result.program  # natively, with GEPA's instruction
+    fake_lm.clear_requests()
+    with dspex.context(lm=lm_for(fake_lm)):
+        assert served(question="What is 20+22?").answer == "42"
+    ours = [r["json"]["messages"] for r in fake_lm.requests]
+    result.save(tmp_path / "gepa.json")
+    theirs = DspyTwoStage()
+    theirs.load(str(tmp_path / "gepa.json"))
+    fake_lm.clear_requests()
+    with dspy.context(lm=dspy.LM("openai/fake", api_base=fake_lm.base_url, api_key="x", cache=False)):
+        assert theirs(question="What is 20+22?").answer == "42"
+    assert [r["json"]["messages"] for r in fake_lm.requests] == ours
+    with dspex.context(lm=lm_for(fake_lm)):
+        assert TwoStage()(question="What is 20+22?").answer == "I am not sure"  # the unoptimized program
