@@ -163,18 +163,20 @@ def classify(exc: BaseException, args: argparse.Namespace | None = None) -> tupl
 
 
 def report_error(exc: BaseException, args: argparse.Namespace | None, debug: bool) -> int:
+    from ..wire import scrub  # stdlib only; secrets of this environment never reach the terminal
+
     code, what, fix = classify(exc, args)
     if debug and not isinstance(exc, (KeyboardInterrupt, UsageError)):
-        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
         remote_tb = getattr(exc, "remote_traceback", "") or getattr(
             getattr(exc, "cause", None), "remote_traceback", ""
         )
         if remote_tb:
-            sys.stderr.write("remote traceback:\n" + str(remote_tb) + "\n")
+            sys.stderr.write("remote traceback:\n" + scrub(str(remote_tb)) + "\n")
     line = f"dspex: error: {what}"
     if fix and " — " not in what:
         line += f" — {fix}"
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(scrub(line) + "\n")
     sys.stderr.flush()
     return code
 

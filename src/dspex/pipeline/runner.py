@@ -433,7 +433,8 @@ class RunState:
             result = await pool.acall_detailed(step.handler, session=self.session, on_event=self.event_sink(st),
                                                **kwargs)
         except RemoteError as exc:
-            raise from_remote(exc) from None
+            err = from_remote(exc)
+            raise err from err.__cause__  # the scrubbed RemoteError (never the raw one), or nothing
         st.pid = getattr(result, "pid", None)
         return getattr(result, "value", result)
 

@@ -91,7 +91,8 @@ def call_worker(d: Decision, kwargs: dict[str, Any], *, pool: Any = None, handle
         result = pool_for(d.pool, pool).call_with(name, kwargs=kwargs, session=session, callbacks=callbacks or None,
                                                   on_event=on_event, timeout=timeout, detailed=True)
     except RemoteError as exc:
-        raise from_remote(exc) from None
+        err = from_remote(exc)
+        raise err from err.__cause__  # the scrubbed RemoteError (never the raw one), or nothing
     return _detail(result, info, name)
 
 
@@ -105,7 +106,8 @@ async def acall_worker(d: Decision, kwargs: dict[str, Any], *, pool: Any = None,
         result = await pool_for(d.pool, pool).acall_detailed(name, session=session, callbacks=callbacks or None,
                                                              on_event=on_event, timeout=timeout, **kwargs)
     except RemoteError as exc:
-        raise from_remote(exc) from None
+        err = from_remote(exc)
+        raise err from err.__cause__
     return _detail(result, info, name)
 
 
