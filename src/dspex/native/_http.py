@@ -79,6 +79,17 @@ class _Retry(Exception):
     """A reused connection was closed by the server before any byte of an answer: send again, fresh."""
 
 
+def _failed(conn: _SConn | _AConn | None, exc: BaseException, timeout: float) -> BaseException:
+    """Close the connection of a failed exchange (it is in doubt); the error to raise for ``exc``."""
+    if conn is not None:
+        conn.close()
+    if isinstance(exc, TimeoutError):
+        return Timeout(f"no complete reply within {timeout:g}s")
+    if isinstance(exc, OSError):
+        return ConnectError(f"{type(exc).__name__}: {exc}")
+    return exc  # BadResponse, cancellation, ...: as they are
+
+
 def _left(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
@@ -166,18 +177,11 @@ class SyncPool:
             except _Retry:
                 conn.close()  # type: ignore[union-attr]
                 conn, reused = None, False
-            except TimeoutError as exc:
-                if conn is not None:
-                    conn.close()
-                raise Timeout(f"no complete reply within {timeout:g}s") from exc
-            except BadResponse:
-                if conn is not None:
-                    conn.close()
-                raise
-            except OSError as exc:
-                if conn is not None:
-                    conn.close()
-                raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
+            except BaseException as exc:
+                err = _failed(conn, exc, timeout)
+                if err is exc:
+                    raise
+                raise err from exc
         if keep:
             with self._lock:
                 if len(self._idle) < self.max_idle and self._pid == os.getpid():
@@ -273,22 +277,11 @@ class AsyncPool:
                     except _Retry:
                         conn.close()
                         conn, reused = None, False
-        except TimeoutError as exc:
-            if conn is not None:
-                conn.close()
-            raise Timeout(f"no complete reply within {timeout:g}s") from exc
-        except BadResponse:
-            if conn is not None:
-                conn.close()
-            raise
-        except OSError as exc:
-            if conn is not None:
-                conn.close()
-            raise ConnectError(f"{type(exc).__name__}: {exc}") from exc
-        except BaseException:  # cancelled mid-exchange: the connection is in doubt
-            if conn is not None:
-                conn.close()
-            raise
+        except BaseException as exc:  # incl. cancellation mid-exchange: the connection is in doubt
+            err = _failed(conn, exc, timeout)
+            if err is exc:
+                raise
+            raise err from exc
         if keep and len(idle) < self.max_idle:
             idle.append(conn)
         else:
