@@ -262,3 +262,18 @@ def test_native_reason() -> None:
     why = native_reason(WithImage())
     assert why is not None and "'see'" in why and "image" in why
     assert "no dspex predictors" in (native_reason(dspex.Module()) or "")
+
+
+def test_batch_in_input_order_each_with_its_own_trace(fake_lm: FakeLMServer) -> None:
+    prog = MultiHop()
+    questions = ["Which is the largest planet?", "Which planet is red?", "What orbits the Earth?"]
+    examples = [{"question": questions[0]}, dspex.Example(question=questions[1], answer="x").with_inputs("question"),
+                {"question": questions[2]}]
+    with dspex.context(lm=dspex_lm(fake_lm)):
+        preds = prog.batch(examples, concurrency=3)
+        apreds = asyncio.run(prog.abatch(examples, concurrency=2))
+    for pred, q in zip(preds + apreds, questions * 2, strict=True):
+        assert pred.get_trace()[0][1] == {"question": q} and len(pred.get_trace()) == 2
+    with dspex.context(lm=dspex_lm(fake_lm)):
+        out = prog.batch([{"question": "q"}, {"nope": 1}], return_exceptions=True)
+    assert isinstance(out[1], TypeError) and "nope" in str(out[1]) and out[0].answer

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigError
-from .predict import TRACE, ChainOfThought, Predict
+from .predict import TRACE, ChainOfThought, Predict, _inputs_of, arun_batch, run_batch
 from .values import Prediction
 
 __all__ = ["Module", "deepcopy_program", "named_parameters", "named_sub_modules", "native_reason"]
@@ -185,6 +185,15 @@ class Module:
         with _tracing() as calls:
             out = await self.aforward(*args, **kwargs)
         return self._finish(out, calls)
+
+    def batch(self, examples: Any, *, concurrency: int = 8, return_exceptions: bool = False) -> list[Any]:
+        """``self(**inputs)`` per example (dicts or Examples with input keys), in input order,
+        on ``concurrency`` threads; errors as ``Predict.batch``."""
+        return run_batch(self.__call__, [_inputs_of(e) for e in examples], concurrency, return_exceptions)
+
+    async def abatch(self, examples: Any, *, concurrency: int = 8, return_exceptions: bool = False) -> list[Any]:
+        """The asyncio form of :meth:`batch` (``acall`` per example)."""
+        return await arun_batch(self.acall, [_inputs_of(e) for e in examples], concurrency, return_exceptions)
 
     @staticmethod
     def _finish(out: Any, calls: list[tuple[Any, dict[str, Any], Any]]) -> Any:

@@ -67,7 +67,7 @@ from .adapters import ChatAdapter, JSONAdapter
 from .signature import InputField, Signature, ensure_signature
 from .values import Example, Prediction
 
-__all__ = ["TRACE", "ChainOfThought", "Predict"]
+__all__ = ["TRACE", "ChainOfThought", "Predict", "arun_batch", "run_batch"]
 
 logger = logging.getLogger("dspex")
 # The trace of the running dspex.Module call: (predictor, inputs, prediction) per Predict call.
@@ -83,6 +83,47 @@ _HINT_DESC = "A hint to the module from an earlier run"
 Check = Callable[[Prediction], Any]
 # What the call program yields to its driver: (messages, LM overrides); it gets a Completion back.
 _Program = Generator[tuple[list[dict[str, Any]], dict[str, Any]], Any, Prediction]
+
+def run_batch(call: Callable[..., Any], items: list[dict[str, Any]], concurrency: int,
+              return_exceptions: bool) -> list[Any]:
+    """``call(**item)`` for each item on ``concurrency`` threads (each in a copy of the caller's
+    context), results in input order; the first failure (in input order) is raised once the
+    started calls finish and the rest are cancelled, unless ``return_exceptions``."""
+    if not items:
+        return []
+    workers = max(1, min(concurrency, len(items)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-batch") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, call, **item) for item in items]  # type: ignore[arg-type]
+        results: list[Any] = []
+        for fut in futures:
+            exc = fut.exception()
+            if exc is None:
+                results.append(fut.result())
+            elif return_exceptions:
+                results.append(exc)
+            else:
+                for other in futures:
+                    other.cancel()
+                raise exc
+    return results
+
+
+async def arun_batch(acall: Callable[..., Any], items: list[dict[str, Any]], concurrency: int,
+                     return_exceptions: bool) -> list[Any]:
+    """The asyncio form of :func:`run_batch`: at most ``concurrency`` calls in flight on this loop."""
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(item: dict[str, Any]) -> Any:
+        async with sem:
+            return await acall(**item)
+
+    tasks = [asyncio.ensure_future(one(item)) for item in items]
+    try:
+        return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
+    finally:
+        for t in tasks:
+            t.cancel()
+
 
 class _InstanceOrClassMethod:
     """``p.load(path)`` (DSPy's instance form) and ``Predict.load(path, signature)`` (builds one)."""
@@ -388,25 +429,9 @@ class Predict:
         adapter: Any = None,
     ) -> list[Any]:
         """Predictions for ``examples`` (dicts or Examples), in input order, on ``concurrency`` threads."""
-        items = [_inputs_of(e) for e in examples]
         extra = {k: v for k, v in (("lm", lm), ("adapter", adapter)) if v is not None}
-        if not items:
-            return []
-        workers = max(1, min(concurrency, len(items)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dspex-batch") as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self.__call__, **item, **extra) for item in items]  # type: ignore[arg-type]
-            results: list[Any] = []
-            for fut in futures:
-                exc = fut.exception()
-                if exc is None:
-                    results.append(fut.result())
-                elif return_exceptions:
-                    results.append(exc)
-                else:
-                    for other in futures:
-                        other.cancel()
-                    raise exc
-        return results
+        items = [{**_inputs_of(e), **extra} for e in examples]
+        return run_batch(self.__call__, items, concurrency, return_exceptions)
 
     async def abatch(
         self,
@@ -418,20 +443,9 @@ class Predict:
         adapter: Any = None,
     ) -> list[Any]:
         """The asyncio form of ``batch``: at most ``concurrency`` calls in flight on this loop."""
-        items = [_inputs_of(e) for e in examples]
         extra = {k: v for k, v in (("lm", lm), ("adapter", adapter)) if v is not None}
-        sem = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(item: dict[str, Any]) -> Prediction:
-            async with sem:
-                return await self.acall(**item, **extra)
-
-        tasks = [asyncio.ensure_future(one(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
-        finally:
-            for t in tasks:
-                t.cancel()
+        items = [{**_inputs_of(e), **extra} for e in examples]
+        return await arun_batch(self.acall, items, concurrency, return_exceptions)
 
     # ---------------------------------------------------------- program state
     def dump_state(self) -> dict[str, Any]:
