@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import time
@@ -52,6 +53,28 @@ _MAX_QUEUED_EVENTS = 1000  # per streamed call; progress events past it are drop
 
 class _ClientGone(Exception):
     pass
+
+
+_RID_PREFIX = uuid.uuid4().hex[:8]  # unique per process; a counter after it (no urandom per request)
+_rid_counter = itertools.count(1)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _jsonable(outputs: dict[str, Any]) -> Any:
+    """Outputs as JSON types; the common all-scalar case is returned as is."""
+    if all(isinstance(v, _PLAIN) for v in outputs.values()):
+        return outputs
+    return to_jsonable(outputs)
+
+
+def _no_events(event: Any) -> None:
+    """JSON calls do not stream: pipeline events are dropped."""
+
+
+def _request_id() -> str:
+    return f"{_RID_PREFIX}{next(_rid_counter):08x}"
 
 
 class Service:
@@ -121,7 +144,11 @@ class Service:
             await asyncio.to_thread(self.close)
 
     def _build(self) -> Starlette:
-        routes = [
+        routes = []  # the endpoints first: Starlette tries routes in order, and they carry the traffic
+        for t in self.targets.values():
+            routes.append(Route(t.path, self._endpoint(t, stream=False), methods=["POST"]))
+            routes.append(Route(t.path + "/stream", self._endpoint(t, stream=True), methods=["POST"]))
+        routes += [
             Route("/", self.page, methods=["GET"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
@@ -129,9 +156,6 @@ class Service:
             Route("/openapi.json", self.openapi_doc, methods=["GET"]),
             Route("/v1/endpoints", self.endpoints, methods=["GET"]),
         ]
-        for t in self.targets.values():
-            routes.append(Route(t.path, self._endpoint(t, stream=False), methods=["POST"]))
-            routes.append(Route(t.path + "/stream", self._endpoint(t, stream=True), methods=["POST"]))
         app = Starlette(routes=routes, lifespan=self._lifespan,
                         exception_handlers={HTTPException: self._http_exception, Exception: self._crash})
         app.add_middleware(APIKeyAuth, key=self.cfg.api_key(),
@@ -175,7 +199,7 @@ class Service:
                             status_code=status)
 
     async def _crash(self, request: Request, exc: Exception) -> Response:
-        rid = uuid.uuid4().hex[:16]
+        rid = _request_id()
         log.exception("dspex serve: unexpected error (request %s)", rid)
         return JSONResponse(problem_for(exc).body(rid), status_code=500)
 
@@ -195,7 +219,7 @@ class Service:
                             headers={**problem.all_headers(), "x-request-id": rid})
 
     async def _handle(self, target: Target, request: Request, stream: bool) -> Any:
-        rid = uuid.uuid4().hex[:16]
+        rid = _request_id()
         try:
             self.in_flight.enter()
         except HTTPProblem as p:
@@ -231,7 +255,7 @@ class Service:
             finally:
                 self.metrics.in_flight.dec()
             self.metrics.observe(target.name, 200, time.perf_counter() - t0)
-            return JSONResponse({"outputs": to_jsonable(outputs), "trace": to_jsonable(trace), "session": session,
+            return JSONResponse({"outputs": _jsonable(outputs), "trace": trace, "session": session,
                                  "request_id": rid}, headers={"x-request-id": rid})
         except Exception as exc:
             return self._answer(target, problem_for(exc, retry_after_s=self.cfg.retry_after_s), rid, None)
@@ -241,22 +265,30 @@ class Service:
 
     async def _run_watched(self, target: Target, request: Request, inputs: dict[str, Any],
                            session: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Run the call; cancel it (and raise ``_ClientGone``) if the client disconnects first."""
-        work = asyncio.ensure_future(self._timed(target.call(inputs, session, lambda ev: None), target))
+        """Run the call in this task; a watcher task cancels it (-> ``_ClientGone``) if the client
+        disconnects first. One extra task per call, no asyncio.wait."""
+        me = asyncio.current_task()
+        assert me is not None
+        gone = False
+
+        def on_disconnect(t: asyncio.Task[None]) -> None:
+            nonlocal gone
+            if not t.cancelled() and t.exception() is None:
+                gone = True
+                me.cancel()
+
         watcher = asyncio.ensure_future(watch_disconnect(request.receive))
+        watcher.add_done_callback(on_disconnect)
         try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            return await self._timed(target.call(inputs, session, _no_events), target)
         except asyncio.CancelledError:
-            work.cancel()
+            if gone:
+                me.uncancel()
+                raise _ClientGone() from None
             raise
         finally:
+            watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(BaseException):
-                await work
-            raise _ClientGone()
-        return work.result()
 
     async def _timed(self, call: Any, target: Target) -> Any:
         """The call under the endpoint's ``timeout_s``, else the service's ``request_timeout_s``."""

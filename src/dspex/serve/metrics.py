@@ -98,15 +98,19 @@ class ServeMetrics:
                                  ["endpoint"], registry=r)
         self.ready = Gauge("dspex_serve_ready", "1 when every endpoint can take calls", registry=r)
         r.register(_LiveCollector(manager))
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     def label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.known else "other"
 
     def observe(self, endpoint: str, status: int, seconds: float | None) -> None:
         ep = self.label(endpoint)
-        self.requests.labels(ep, str(status)).inc()
+        child = self._children.get((ep, status))
+        if child is None:  # labelled children cached: .labels() takes a lock and builds a tuple
+            child = self._children[(ep, status)] = (self.requests.labels(ep, str(status)), self.latency.labels(ep))
+        child[0].inc()
         if seconds is not None:
-            self.latency.labels(ep).observe(seconds)
+            child[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
