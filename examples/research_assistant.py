@@ -9,12 +9,13 @@
 
     python examples/research_assistant.py [--question "..."] [--api-base URL] [--reoptimize] [--debug]
 
-By default everything runs offline on the embedded model (SmolLM2-135M through llama.cpp),
-with grammar-constrained decoding so every reply parses, native and in workers alike. A
-135M-parameter model writes poor answers: the point is the plumbing (which step runs where,
-how long it takes), not the prose. Point ``--api-base`` at any OpenAI-compatible server for
-better answers. The optimized synthesis program ships as ``research_program.json`` (MIPROv2
-run once on the embedded model); ``--reoptimize`` runs MIPROv2 again and replaces it.
+By default everything runs offline on the embedded model (Qwen2.5-Coder-0.5B-Instruct through
+llama.cpp), with grammar-constrained decoding so every reply parses and plain-text fields hold
+no template echo or code, native and in workers alike. Dense retrieval uses the e5 neural
+embedder when ``dspex[embed]`` is installed (hashing otherwise). Point ``--api-base`` at any
+OpenAI-compatible server for a bigger model. The optimized synthesis program ships as
+``research_program.json`` (MIPROv2 run once on the embedded model); ``--reoptimize`` runs
+MIPROv2 again and replaces it. bench/bench_quality.py measures the answers.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from dspex.pipeline import Pipeline, PipelineResult, native, parallel, pipeline,
 SYNTHESIS = "question, context: list[str] -> answer"
 PROGRAM = Path(__file__).resolve().parent / "research_program.json"
 # Replies from the embedded model are capped here: the grammar shares the cap among the
-# fields, so a CPU-bound 135M model writes short fields and each call takes seconds.
+# fields, so a CPU-bound small model writes short fields and each call takes seconds.
 EMBEDDED_MAX_TOKENS = 256
 TRAIN = [  # questions about the shipped corpus, with the word a good answer contains
     {"question": "Which planet is closest to the Sun?", "answer": "Mercury"},
     {"question": "Which planet has the Great Red Spot?", "answer": "Jupiter"},
     {"question": "What is the largest moon of Saturn?", "answer": "Titan"},
     {"question": "Which planet is known as the Red Planet?", "answer": "Mars"},
+    {"question": "How many known moons does Uranus have?", "answer": "28"},
+    {"question": "Which spacecraft mapped almost all of Venus with radar?", "answer": "Magellan"},
 ]
 # MIPROv2 kept small: 3 instruction / demo candidates, 5 trials over 3 validation questions.
 # The proposer sees neither the program's source nor a dataset summary: both make prompts
@@ -111,7 +114,7 @@ def build(colbert_url: str, program: Path) -> Pipeline:
         parallel([
             native(bm25_search, writes="bm25_passages", name="bm25"),
             worker(handler="dspy.embed_search", pool="dspy", reads={"query": "question"},
-                   params={"k": 3}, writes="dense_hits", name="dense"),
+                   params={"k": 3, "embedder": "auto"}, writes="dense_hits", name="dense"),
             worker(handler="dspy.colbert_search", pool="dspy", reads={"query": "question"},
                    params={"url": colbert_url, "k": 3}, writes="colbert_hits", name="colbertv2"),
         ], name="retrieve"),

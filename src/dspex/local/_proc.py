@@ -169,7 +169,22 @@ def server_args(model: Path, alias: str, host: str, port: int, n_ctx: int, n_thr
         "--logits_all", "false",  # logits for the last token only: faster prompt processing
         "--interrupt_requests", "false",  # a second caller must not cut a first caller's stream
         "--verbose", "false",
+        *prompt_cache_args(),
     ]  # fmt: skip
+
+
+def prompt_cache_args() -> list[str]:
+    """Keep KV states of recent prompts in RAM and resume from the longest shared prefix.
+
+    The server alone reuses only the previous request's prefix; the main job alternates
+    programs (plan, refine, synthesis), so each call would re-read its whole prompt.
+    ``DSPEX_LOCAL_PROMPT_CACHE=0`` turns it off; ``[local]``-free on purpose: it is a
+    server start flag.
+    """
+    if os.environ.get("DSPEX_LOCAL_PROMPT_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    size = int(os.environ.get("DSPEX_LOCAL_PROMPT_CACHE_BYTES", str(1 << 30)))
+    return ["--cache", "true", "--cache_type", "ram", "--cache_size", str(size)]
 
 
 def server_env() -> dict[str, str]:
