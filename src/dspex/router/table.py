@@ -24,6 +24,7 @@ NATIVE_OPTIONS = frozenset(
     {
         "demos", "instructions", "state", "check", "max_tries", "cache", "config",
         "temperature", "max_tokens", "n", "top_p", "stop", "seed", "rollout_id",
+        "check_inputs",  # native Predict's input checks ("error" | "warn" | "off")
     }
 )
 _ROUTING_KEYS = ("adapter", "lm", "pool", "inputs", "form")
