@@ -25,7 +25,6 @@ import asyncio
 import os
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,8 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from bench_pool import throughput  # 8 caller threads for N seconds: the pool benchmark's own
 
 PAYLOAD: Any = {"question": "What is the capital of France?", "n": 1}
 SIG = "question -> answer"
@@ -59,33 +60,6 @@ def latencies(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 50) -> di
             fn()
             samples[name].append(pc() - t)
     return {k: quantiles(v) for k, v in samples.items()}
-
-
-def threaded(fn: Callable[[], Any], seconds: float, callers: int = CALLERS) -> float:
-    """Calls/s with ``callers`` threads calling back to back for ``seconds``."""
-    stop = threading.Event()
-    counts = [0] * callers
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            while not stop.is_set():
-                fn()
-                counts[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(callers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return sum(counts) / (time.perf_counter() - t0)
 
 
 def in_flight(acall: Callable[[], Any], total: int, window: int = IN_FLIGHT) -> float:
@@ -163,7 +137,7 @@ def run(quick: bool, with_dspy: bool) -> dict[str, Any]:
         }
         for k, fn in (("local", lambda: local.call("echo", PAYLOAD)), ("ray", lambda: remote.call("echo", PAYLOAD)),
                       ("bare", bare)):
-            out["echo"][k]["threads"] = threaded(fn, secs)
+            out["echo"][k]["threads"] = throughput(fn, secs)
         for k, p in (("local", local), ("ray", remote)):
             out["echo"][k]["async"] = in_flight(lambda p=p: p.acall("echo", PAYLOAD), total)
         if with_dspy:
@@ -171,7 +145,7 @@ def run(quick: bool, with_dspy: bool) -> dict[str, Any]:
                 return lambda: p.call("dspy.run", module="Predict", signature=SIG, inputs=INPUTS, lm=DUMMY, usage=False)
 
             lat = latencies({"local": predict(local), "ray": predict(remote)}, max(50, n // 5), warmup=20)
-            out["predict"] = {k: {**lat[k], "threads": threaded(predict(p), secs)}
+            out["predict"] = {k: {**lat[k], "threads": throughput(predict(p), secs)}
                               for k, p in (("local", local), ("ray", remote))}
     return out
 

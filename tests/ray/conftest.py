@@ -23,13 +23,28 @@ from ray.cluster_utils import Cluster
 pytestmark = pytest.mark.ray
 
 
+def _start_cluster(attempts: int = 2) -> Cluster:
+    """Ray gives a raylet 30 s to register (hard-coded); a heavily loaded machine can
+    miss that once, so a failed start is cleaned up and tried again."""
+    for attempt in range(attempts):
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
+            for _ in range(2):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Cluster]:
     """Head + 2 worker nodes, 1 CPU each; the test process is the driver."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    cluster = _start_cluster()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield cluster

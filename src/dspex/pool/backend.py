@@ -13,16 +13,18 @@ Stdlib only; the backends load lazily (``import ray`` happens only for a Ray poo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from dspex.errors import ConfigError
 
 if TYPE_CHECKING:
     from dspex.pool._call import CallResult
 
-__all__ = ["BACKENDS", "PoolBackend", "backend_keys", "create_pool"]
+__all__ = ["BACKENDS", "PoolBackend", "PoolFacade", "backend_keys", "create_pool"]
 
 BACKENDS = ("local", "ray")
 
@@ -83,6 +85,47 @@ class PoolBackend(Protocol):
     def drop_session(self, session: Hashable) -> None: ...
     def workers(self) -> list[int]: ...
     def stats(self) -> dict[str, Any]: ...
+
+
+class PoolFacade:
+    """What every backend does the same way on top of its own start / close / drop_session:
+    use as a (async) context manager, and ``session()``."""
+
+    if TYPE_CHECKING:
+        def start(self) -> Any: ...
+        def close(self, grace_s: float | None = None) -> None: ...
+        def drop_session(self, session: Hashable) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(None, self.__enter__)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def session(self, key: Hashable | None = None) -> contextlib.AbstractContextManager[Hashable]:
+        """``with pool.session() as s: pool.call(..., session=s)``; dropped at exit."""
+
+        @contextlib.contextmanager
+        def cm() -> Iterator[Hashable]:
+            k = key if key is not None else uuid.uuid4().hex
+            try:
+                yield k
+            finally:
+                self.drop_session(k)
+
+        return cm()
 
 
 def _backend_of(name: str, table: dict[str, Any]) -> str:

@@ -39,7 +39,6 @@ import select
 import signal
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
@@ -52,6 +51,7 @@ from dspex.pool._procsafe import ALLOW_NESTED_ENV, WORKER_ENV
 from dspex.pool._supervisor import _read_rss_kb, _Supervisor, _tail
 from dspex.pool._template import _Template
 from dspex.pool._worker_io import _EP_IN, _STATE_NAMES, DEAD, DRAINING, READY, RETIRING, _WorkerIO
+from dspex.pool.backend import PoolFacade
 
 __all__ = ["CallResult", "Pool"]
 
@@ -73,26 +73,9 @@ def _refuse_nested(name: str) -> None:
     )
 
 
-class Pool(_CallerSide, _Dispatch, _WorkerIO, _Supervisor, _Template):
-    """A named set of supervised worker processes. See the module docstring."""
-
-    def __enter__(self) -> Pool:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Pool:
-        await asyncio.get_running_loop().run_in_executor(None, self.__enter__)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
+class Pool(PoolFacade, _CallerSide, _Dispatch, _WorkerIO, _Supervisor, _Template):
+    """A named set of supervised worker processes. See the module docstring.
+    (Context-manager use and ``session()`` come from ``PoolFacade``, shared with RayPool.)"""
 
     def __repr__(self) -> str:
         return f"Pool(name={self.name!r}, size={self.size}, state={self._state!r})"
@@ -358,19 +341,6 @@ class Pool(_CallerSide, _Dispatch, _WorkerIO, _Supervisor, _Template):
         finally:
             if not ok and call.state != _DONE:
                 self._abandon(call, timed_out=False)
-
-    def session(self, key: Hashable | None = None) -> contextlib.AbstractContextManager[Hashable]:
-        """``with pool.session() as s: pool.call(..., session=s)``; dropped at exit."""
-
-        @contextlib.contextmanager
-        def cm() -> Iterator[Hashable]:
-            k = key if key is not None else uuid.uuid4().hex
-            try:
-                yield k
-            finally:
-                self.drop_session(k)
-
-        return cm()
 
     def drop_session(self, session: Hashable) -> None:
         """Forget a session here and drop its state in every worker that may hold it."""

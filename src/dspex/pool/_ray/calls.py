@@ -29,6 +29,7 @@ from dspex.pool._ray.routing import Router, Slot
 __all__ = ["Call", "Caller"]
 
 _BACKGROUND: set[Any] = set()
+_NOTHING = object()  # a stream message that carried no chunk
 
 
 class Call:
@@ -123,16 +124,11 @@ class Caller:
                 raise self.failure(call, RuntimeError("the worker's stream ended without a result")) from None
             except Exception as exc:
                 raise self.failure(call, exc) from None
-            msg = self.codec.unpack(data)
-            kind = msg[0]
-            if kind == P.CHUNK:
-                yield msg[1]
-            elif kind == P.EVENT:
-                self.event(call, msg[1])
-            elif kind == P.CALLBACK:
-                self.run_callback(call, msg)
-            else:
-                return self.outcome(call, msg)
+            final, value = self.handle(call, data)
+            if final:
+                return value
+            if value is not _NOTHING:
+                yield value
 
     async def amessages(self, call: Call, out: list[Any]) -> AsyncIterator[Any]:
         """Async ``messages``; the result is appended to ``out`` at the end."""
@@ -150,20 +146,30 @@ class Caller:
                     raise
                 except Exception as exc:
                     raise self.failure(call, exc) from None
-                msg = self.codec.unpack(data)
-                kind = msg[0]
-                if kind == P.CHUNK:
-                    yield msg[1]
-                elif kind == P.EVENT:
-                    self.event(call, msg[1])
-                elif kind == P.CALLBACK:
-                    self.run_callback(call, msg)
-                else:
-                    out.append(self.outcome(call, msg))
+                final, value = self.handle(call, data)
+                if final:
+                    out.append(value)
                     return
+                if value is not _NOTHING:
+                    yield value
         except asyncio.CancelledError:
             self.cancel(call)
             raise
+
+    def handle(self, call: Call, data: bytes) -> tuple[bool, Any]:
+        """One stream message: (False, chunk), (False, _NOTHING) for an event or callback
+        request it served, or (True, result); raises the call's error."""
+        msg = self.codec.unpack(data)
+        kind = msg[0]
+        if kind == P.CHUNK:
+            return False, msg[1]
+        if kind == P.EVENT:
+            self.event(call, msg[1])
+            return False, _NOTHING
+        if kind == P.CALLBACK:
+            self.run_callback(call, msg)
+            return False, _NOTHING
+        return True, self.outcome(call, msg)
 
     def event(self, call: Call, event: Any) -> None:
         if call.on_event is None:

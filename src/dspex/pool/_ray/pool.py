@@ -36,6 +36,7 @@ from dspex.pool._call import CallResult
 from dspex.pool._ray.calls import Call, Caller
 from dspex.pool._ray.config import RayPoolConfig, ensure_ray
 from dspex.pool._ray.routing import READY, Router, Slot
+from dspex.pool.backend import PoolFacade
 from dspex.pool.sessions import Session
 from dspex.pool.stats import LatencyReservoir
 
@@ -59,7 +60,7 @@ def _actor_cls() -> Any:
     return _actor_class
 
 
-class RayPool:
+class RayPool(PoolFacade):
     """Workers as Ray actors. ``RayPool("dspy", size=4, handlers=[...], num_cpus=1)``;
     options: see ``dspex.pool._ray.config.RayPoolConfig`` and docs/ray.md."""
 
@@ -90,24 +91,6 @@ class RayPool:
         self._address: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
-    def __enter__(self) -> RayPool:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> RayPool:
-        await asyncio.get_running_loop().run_in_executor(None, self.__enter__)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.close)
-
     def __repr__(self) -> str:
         return f"RayPool(name={self.name!r}, size={self.size}, state={self._state!r})"
 
@@ -472,19 +455,6 @@ class RayPool:
         return self._handler_table.get(handler, ["sync"])[0] in ("gen", "agen")
 
     # -- sessions and stats --------------------------------------------------------------
-    def session(self, key: Hashable | None = None) -> contextlib.AbstractContextManager[Hashable]:
-        """``with pool.session() as s: pool.call(..., session=s)``; dropped at exit."""
-
-        @contextlib.contextmanager
-        def cm() -> Iterator[Hashable]:
-            k = key if key is not None else uuid.uuid4().hex
-            try:
-                yield k
-            finally:
-                self.drop_session(k)
-
-        return cm()
-
     def drop_session(self, session: Hashable) -> None:
         """Forget a session here and drop its state in every actor that may hold it."""
         with self._router.lock:
