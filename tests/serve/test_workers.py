@@ -38,3 +38,19 @@ def test_session_header_keeps_calls_and_state_on_one_worker(serve: Any) -> None:
     other = c.post("/v1/programs/get", json={"key": "k"}, headers={"X-Dspex-Session": "user-7"}).json()
     assert other["outputs"] == {"value": None}  # another session: its own (empty) state
     assert c.post("/v1/programs/get", json={"key": "k"}).json()["outputs"] == {"value": None}
+
+
+def test_not_ready_when_a_pool_cannot_start(serve: Any) -> None:
+    import time
+
+    srv = serve(programs=[{"name": "echo", "handler": "echo", "pool": "bad", "signature": "x -> y"}],
+                pools={"bad": {"size": 1, "handlers": ["no_such_module_xyz"], "start_timeout_s": 5}}, ready=False)
+    deadline = time.monotonic() + 60
+    while srv.service.problem is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = srv.client.get("/readyz")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "WorkerStartError" in r.json()["problem"] and "no_such_module_xyz" not in r.text  # details: log only
+    call = srv.client.post("/v1/programs/echo", json={"x": 1})
+    assert call.status_code == 503 and call.json()["error"]["type"] == "NotReady" and "Traceback" not in call.text
+    assert srv.client.get("/healthz").status_code == 200  # alive, just not ready

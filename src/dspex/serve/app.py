@@ -124,8 +124,9 @@ class Service:
             for t in self.targets.values():
                 await t.prepare()
         except Exception as exc:
-            self.problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            log.error("dspex serve: not ready: %s", self.problem)
+            # /readyz is public: the type only; the details (stderr tails, paths) go to the log
+            self.problem = f"{type(exc).__name__} while starting the worker pools (see the server log)"
+            log.error("dspex serve: not ready: %s: %s", type(exc).__name__, exc)
             return
         self.ready = True
         self.metrics.ready.set(1)
