@@ -267,3 +267,12 @@ def test_deep_types_are_a_signature_error_not_recursion() -> None:
     with pytest.raises(dspex.SignatureError, match="nested deeper"):
         signature(f"a -> b: {'(' * 400}int{')' * 400}")
     assert signature("a: " + "list[" * 10 + "int" + "]" * 10 + " -> b")  # reasonable nesting is fine
+
+
+def test_api_predict_checks_inputs_natively() -> None:
+    from dspex.testing import DummyLM
+
+    assert dspex.explain("predict", "q -> a", check_inputs="warn").impl == "native"
+    with pytest.raises(dspex.InputError, match="unexpected input"):
+        dspex.predict("q -> a", {"q": "x", "extra": 1}, lm=DummyLM())
+    assert dspex.predict("q -> a", {"q": "x", "extra": 1}, lm=DummyLM(), check_inputs="warn").a

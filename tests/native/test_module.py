@@ -277,3 +277,22 @@ def test_batch_in_input_order_each_with_its_own_trace(fake_lm: FakeLMServer) -> 
     with dspex.context(lm=dspex_lm(fake_lm)):
         out = prog.batch([{"question": "q"}, {"nope": 1}], return_exceptions=True)
     assert isinstance(out[1], TypeError) and "nope" in str(out[1]) and out[0].answer
+
+
+def test_nested_modules_count_usage_once(fake_lm: FakeLMServer) -> None:
+    class Outer(dspex.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = MultiHop()
+            self.check = dspex.Predict("answer -> verdict")
+
+        def forward(self, question: str) -> dspex.Prediction:
+            inner = self.inner(question=question)  # its Prediction carries the inner total
+            assert len(inner.get_trace()) == 2
+            self.check(answer=inner.answer)
+            return inner  # returned again: the outer total must not count the inner twice
+
+    with dspex.context(lm=dspex_lm(fake_lm)) as recorded:
+        pred = Outer()(question="Which is the largest planet?")
+    assert recorded.calls == 3 and len(pred.get_trace()) == 3
+    assert pred.get_lm_usage()["openai/fake"]["total_tokens"] == recorded.total_tokens

@@ -133,26 +133,42 @@ def deepcopy_program(program: Any) -> Any:
         return new
 
 
+class _Trace(list):  # type: ignore[type-arg,unused-ignore]
+    """The running call's trace; also keeps each predictor call's own usage as it was when
+    recorded (a Module's result Prediction gets the call's total, which must not count twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.usages: list[Any] = []
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        self.usages.append(item[2].get_lm_usage())
+
+
 @contextmanager
-def _tracing() -> Iterator[list[tuple[Any, dict[str, Any], Any]]]:
-    """Collect the predictor calls of one Module call (nested Modules share the outer list)."""
+def _tracing() -> Iterator[tuple[list[Any], list[Any]]]:
+    """Collect the predictor calls (and their usage) of one Module call; nested Modules
+    share the outermost trace."""
     outer = TRACE.get()
-    trace: list[tuple[Any, dict[str, Any], Any]] = [] if outer is None else outer
+    trace = outer if isinstance(outer, _Trace) else _Trace()
     start = len(trace)
     token = TRACE.set(trace) if outer is None else None
-    calls: list[tuple[Any, dict[str, Any], Any]] = []
+    calls: list[Any] = []
+    usages: list[Any] = []
     try:
-        yield calls
+        yield calls, usages
     finally:
         if token is not None:
             TRACE.reset(token)
         calls.extend(trace[start:])
+        usages.extend(trace.usages[start:])
 
 
-def _merge_usage(trace: list[tuple[Any, dict[str, Any], Any]]) -> dict[str, dict[str, int]]:
+def _merge_usage(usages: list[Any]) -> dict[str, dict[str, int]]:
     total: dict[str, dict[str, int]] = {}
-    for _, _, pred in trace:
-        for model, row in (getattr(pred, "get_lm_usage", lambda: None)() or {}).items():
+    for usage in usages:
+        for model, row in (usage or {}).items():
             acc = total.setdefault(model, {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
             for key in acc:
                 acc[key] += int(row.get(key, 0))
@@ -177,14 +193,14 @@ class Module:
         return await asyncio.to_thread(ctx.run, self.forward, *args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with _tracing() as calls:
+        with _tracing() as (calls, usages):
             out = self.forward(*args, **kwargs)
-        return self._finish(out, calls)
+        return self._finish(out, calls, usages)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
-        with _tracing() as calls:
+        with _tracing() as (calls, usages):
             out = await self.aforward(*args, **kwargs)
-        return self._finish(out, calls)
+        return self._finish(out, calls, usages)
 
     def batch(self, examples: Any, *, concurrency: int = 8, return_exceptions: bool = False) -> list[Any]:
         """``self(**inputs)`` per example (dicts or Examples with input keys), in input order,
@@ -196,9 +212,9 @@ class Module:
         return await arun_batch(self.acall, [_inputs_of(e) for e in examples], concurrency, return_exceptions)
 
     @staticmethod
-    def _finish(out: Any, calls: list[tuple[Any, dict[str, Any], Any]]) -> Any:
+    def _finish(out: Any, calls: list[Any], usages: list[Any]) -> Any:
         if isinstance(out, Prediction):  # usage of every LM call this program made, and what ran
-            out.set_lm_usage(_merge_usage(calls))
+            out.set_lm_usage(_merge_usage(usages))
             out.set_trace(calls)
         return out
 
