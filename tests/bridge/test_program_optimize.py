@@ -200,3 +200,33 @@ def test_gepa_finds_a_better_instruction_and_it_serves_natively(fake_lm: FakeLMS
     assert [r["json"]["messages"] for r in fake_lm.requests] == ours
     with dspex.context(lm=lm_for(fake_lm)):
         assert TwoStage()(question="What is 20+22?").answer == "I am not sure"  # the unoptimized program
+
+
+class Shapes(dspex.Module):
+    """Predictors in a list, a dict, an alias and a frozen sub-module: the same names both sides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = [dspex.Predict("question -> plan"), dspex.ChainOfThought("question, plan -> answer")]
+        self.extra = {"polish": dspex.Predict("answer -> final")}
+        self.first = self.steps[0]
+        self.frozen = TwoStage()
+        self.frozen._compiled = True
+
+    def forward(self, question: str) -> Any:
+        plan = self.first(question=question).plan
+        answer = self.steps[1](question=question, plan=plan).answer
+        return dspex.Prediction(answer=answer, final=self.extra["polish"](answer=answer).final)
+
+
+def test_composite_shapes_keep_their_names(fake_lm: FakeLMServer, opt_pool: Any) -> None:
+    prog = Shapes()
+    result = dspex.optimize(prog, TRAIN, optimizer="labeled", lm=lm_for(fake_lm), pool=opt_pool, k=1)
+    names = [n for n, _ in prog.named_predictors()]
+    assert names == ["steps[0]", "steps[1].predict", "extra['polish']"]
+    assert list(result.state) == names
+    assert [n for n, _ in result.program.named_predictors()] == names
+    # forward() builds a dspex.Prediction: in the worker it reaches DSPy's optimizer as a dspy.Prediction
+    boot = dspex.optimize(prog, TRAIN, optimizer="bootstrap", metric=lambda e, p: bool(p.final), lm=lm_for(fake_lm),
+                          pool=opt_pool, max_bootstrapped_demos=1, max_labeled_demos=0)
+    assert boot.metric_calls > 0 and any(boot.state[n]["demos"] for n in names)

@@ -15,7 +15,6 @@ with the same names) and the state they return loads natively into the same clas
 from __future__ import annotations
 
 import hashlib
-import threading
 from typing import Any
 
 import dspy
@@ -24,13 +23,14 @@ from ..native._memo import Memo
 from ..native.module import Module
 from ..native.predict import ChainOfThought, Predict
 from ..native.signature import Signature, default_instructions
+from ..native.values import Prediction
 from ..pool.handler import Context, handler
+from ..wire import H
 from ._lm import build_lm
 
 __all__ = ["dspy_signature", "rebuild", "to_dspy"]
 
-_SHELLS: dict[type, type] = {}
-_LOCK = threading.Lock()
+_SHELLS: Memo[type] = Memo(256)  # user class -> its dspy.Module shell class
 _PROGRAMS: Memo[Any] = Memo(32)  # pickle digest -> rebuilt program
 
 
@@ -74,44 +74,61 @@ def _cot(c: ChainOfThought) -> Any:
     return mod
 
 
-def _shell_class(cls: type) -> type:
+def _shell_class(cls: type[Module]) -> type:
     """``class <Name>(dspy.Module, <user class>)`` with the user's forward/aforward first."""
-    with _LOCK:
-        shell = _SHELLS.get(cls)
-        if shell is None:
-            ns: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
-            for name in ("forward", "aforward"):
-                if getattr(cls, name) is not getattr(Module, name):
-                    ns[name] = getattr(cls, name)
-            shell = type(cls.__name__, (dspy.Module, cls), ns)
-            _SHELLS[cls] = shell
-        return shell
+    def build() -> type:
+        ns: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        user_forward, user_aforward = cls.forward, cls.aforward
+
+        def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return _dspy_prediction(user_forward(self, *args, **kwargs))
+
+        ns["forward"] = forward
+        if user_aforward is not Module.aforward:
+            async def aforward(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return _dspy_prediction(await user_aforward(self, *args, **kwargs))
+
+            ns["aforward"] = aforward
+        return type(cls.__name__, (dspy.Module, cls), ns)
+
+    return _SHELLS.get(cls, build)
 
 
-def _convert(value: Any) -> Any:
-    if isinstance(value, Predict):
-        return _predictor(value)
-    if isinstance(value, ChainOfThought):
-        return _cot(value)
-    if isinstance(value, Module):
-        return to_dspy(value)
+def _dspy_prediction(out: Any) -> Any:
+    """A dspex Prediction built in forward() as a dspy.Prediction (what optimizers expect)."""
+    if isinstance(out, Prediction) and not isinstance(out, dspy.Prediction):
+        return dspy.Prediction(**dict(out.items()))
+    return out
+
+
+def _convert(value: Any, seen: dict[int, Any]) -> Any:
+    """The DSPy counterpart of ``value``; an object met twice (an alias) converts once."""
+    if isinstance(value, (Predict, ChainOfThought, Module)):
+        done = seen.get(id(value))
+        if done is None:
+            done = seen[id(value)] = (_predictor(value) if isinstance(value, Predict)
+                                      else _cot(value) if isinstance(value, ChainOfThought)
+                                      else to_dspy(value, seen))
+        return done
     if isinstance(value, list):
-        return [_convert(v) for v in value]
+        return [_convert(v, seen) for v in value]
     if isinstance(value, tuple):
-        return tuple(_convert(v) for v in value)
+        return tuple(_convert(v, seen) for v in value)
     if isinstance(value, dict):
-        return {k: _convert(v) for k, v in value.items()}
+        return {k: _convert(v, seen) for k, v in value.items()}
     return value
 
 
-def to_dspy(program: Module) -> Any:
+def to_dspy(program: Module, seen: dict[int, Any] | None = None) -> Any:
     """The program as a dspy.Module: same class code and attributes, DSPy predictors."""
+    seen = {} if seen is None else seen
     cls: Any = _shell_class(type(program))
     shell = cls.__new__(cls)
     dspy.Module._base_init(shell)
+    seen[id(program)] = shell  # a program that refers to itself converts to itself
     for name, value in vars(program).items():
         if name not in ("callbacks", "history", "_compiled"):
-            shell.__dict__[name] = _convert(value)
+            shell.__dict__[name] = _convert(value, seen)
     shell._compiled = bool(getattr(program, "_compiled", False))
     return shell
 
@@ -129,7 +146,7 @@ def rebuild(payload: dict[str, Any]) -> Any:
     return to_dspy(program)
 
 
-@handler("dspy.program", concurrent=True)
+@handler(H.PROGRAM, concurrent=True)
 def run_program(ctx: Context, program: dict[str, Any], inputs: dict[str, Any], lm: Any = None,
                 adapter: Any = None, usage: bool = True) -> dict[str, Any]:
     """Run a shipped composite program once in DSPy -> ``{"outputs", "usage", "pid"}``."""
