@@ -91,7 +91,8 @@ def _shell_class(cls: type[Module]) -> type:
             ns["aforward"] = aforward
         return type(cls.__name__, (dspy.Module, cls), ns)
 
-    return _SHELLS.get(cls, build)
+    key: Any = cls  # classes hash by identity
+    return _SHELLS.get(key, build)
 
 
 def _dspy_prediction(out: Any) -> Any:
