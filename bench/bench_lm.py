@@ -7,7 +7,10 @@
     the same server (fake server in a subprocess, no latency)
 (c) 64 concurrent calls against a fake server with 50 ms latency (subprocess, so it
     does not share our GIL); the ceiling is 64 / 0.05 s = 1,280 calls/s
-Plus the HTTP client choice: httpx.Client vs http.client vs dspex's client, same request.
+(d) the HTTP client choice: the same POST to the same server through raw sockets, dspex's
+    stdlib fast path, dspex's library path (aiohttp on a private loop, what TLS/proxies/remote
+    hosts use), httpx, httpcore, aiohttp and urllib3, sync and async, per call
+(e) a 96 MiB reply body read by dspex sync and async (linear reads)
 """
 
 from __future__ import annotations
@@ -41,6 +44,29 @@ def per_call_us(fn, n: int) -> float:
     return statistics.median(results)
 
 
+def raw_post(port: int, body: bytes):
+    """The leanest client: one prebuilt request, one sendall, read to Content-Length, json.loads."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+    def raw() -> None:
+        sock.sendall(request)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(65536)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        json.loads(rest)
+
+    return raw
+
+
 def bench_instant(dspy) -> tuple[float, float]:
     n = 3000
     ours_lm = DummyLM([{"answer": "a"}] * (n * (ROUNDS + 1) + 10))
@@ -60,25 +86,7 @@ def bench_http_overhead(dspy, server) -> dict[str, float]:
     ours = dspex.Predict(SIG)
     ours(question="warm", lm=ours_lm)
     body = json.dumps(server.requests[-1]["json"]).encode()
-    # the leanest client: one prebuilt request, one sendall, read to Content-Length, json.loads
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-
-    def raw() -> None:
-        sock.sendall(request)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += sock.recv(65536)
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        while len(rest) < length:
-            rest += sock.recv(65536)
-        json.loads(rest)
-
+    raw = raw_post(server.port, body)
     theirs_lm = dspy.LM("openai/fake", api_base=server.base_url, api_key="x", cache=False)
     theirs = dspy.Predict(SIG)
 
@@ -100,6 +108,127 @@ def bench_http_overhead(dspy, server) -> dict[str, float]:
         out["dspy"].append(per_call_us(lambda: theirs(question="What is 6*7?", lm=theirs_lm), n // 2))
     server.reset()
     return {k: statistics.median(v) for k, v in out.items()}
+
+
+def _aper_call_us(make, n: int) -> float:
+    """per_call_us for a coroutine function built by ``await make()`` -> (fn, aclose or None)."""
+
+    async def run() -> float:
+        fn, aclose = await make()
+        await fn()
+        results = []
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            for _ in range(n):
+                await fn()
+            results.append((time.perf_counter() - t) / n * 1e6)
+        if aclose is not None:
+            await aclose()
+        return statistics.median(results)
+
+    return asyncio.run(run())
+
+
+def bench_clients(server) -> dict[str, float]:
+    import aiohttp
+    import httpcore
+    import httpx
+    import urllib3
+
+    from dspex.native import transport
+    from dspex.native._http import Endpoint
+
+    body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "[[ ## answer ## ]]\nhi"}]}).encode()
+    path, url = "/v1/chat/completions", server.base_url + "/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    raw = raw_post(server.port, body)
+
+    ep = Endpoint.parse(server.base_url)
+    fast, lib = transport.FastTransport(ep), transport.LibraryTransport(ep)
+    hx, hc, u3 = httpx.Client(), httpcore.ConnectionPool(), urllib3.PoolManager()
+    sync = {
+        "raw socket": raw,
+        "dspex fast path (stdlib)": lambda: json.loads(fast.request("POST", path, headers, body, 10).body),
+        "dspex library path (aiohttp)": lambda: json.loads(lib.request("POST", path, headers, body, 10).body),
+        "httpx.Client": lambda: hx.post(url, content=body, headers=headers).json(),
+        "httpcore.ConnectionPool": lambda: json.loads(hc.request("POST", url, headers=headers, content=body).content),
+        "urllib3.PoolManager": lambda: json.loads(u3.request("POST", url, body=body, headers=headers).data),
+    }
+
+    async def mk_fast():
+        async def f() -> None:
+            json.loads((await fast.arequest("POST", path, headers, body, 10)).body)
+
+        return f, None
+
+    async def mk_lib():
+        async def f() -> None:
+            json.loads((await lib.arequest("POST", path, headers, body, 10)).body)
+
+        return f, None
+
+    async def mk_httpx():
+        client = httpx.AsyncClient()
+
+        async def f() -> None:
+            (await client.post(url, content=body, headers=headers)).json()
+
+        return f, client.aclose
+
+    async def mk_httpcore():
+        pool = httpcore.AsyncConnectionPool()
+
+        async def f() -> None:
+            json.loads((await pool.request("POST", url, headers=headers, content=body)).content)
+
+        return f, pool.aclose
+
+    async def mk_aiohttp():
+        session = aiohttp.ClientSession()
+
+        async def f() -> None:
+            async with session.post(url, data=body, headers=headers) as r:
+                json.loads(await r.read())
+
+        return f, session.close
+
+    asynchronous = {
+        "dspex fast path (asyncio)": mk_fast,
+        "dspex library path (aiohttp)": mk_lib,
+        "httpx.AsyncClient": mk_httpx,
+        "httpcore.AsyncConnectionPool": mk_httpcore,
+        "aiohttp.ClientSession": mk_aiohttp,
+    }
+    n = 300
+    out: dict[str, list[float]] = {}
+    for _ in range(3):  # interleaved rounds: machine noise hits every contender alike
+        for name, fn in sync.items():
+            out.setdefault(f"sync  {name}", []).append(per_call_us(fn, n))
+        for name, make in asynchronous.items():
+            out.setdefault(f"async {name}", []).append(_aper_call_us(make, n))
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def bench_large_body(size: int = 96 << 20) -> dict[str, float]:
+    from dspex.testing.hostile_server import HostileServer, big_body
+
+    res = {}
+    with HostileServer(big_body(size)) as server:
+        lm = dspex.LM("openai/x", api_base=server.base_url, cache=False, num_retries=0, timeout=120)
+        msgs = [{"role": "user", "content": "big"}]
+        lm.complete(msgs)
+        t = time.perf_counter()
+        lm.complete(msgs)
+        res["sync"] = time.perf_counter() - t
+
+        async def once() -> None:
+            await lm.acomplete(msgs)
+            t = time.perf_counter()
+            await lm.acomplete(msgs)
+            res["async"] = time.perf_counter() - t
+
+        asyncio.run(once())
+    return res
 
 
 def bench_concurrent(dspy, server, total: int = 1280) -> dict[str, float]:
@@ -173,6 +302,17 @@ def main() -> None:
     oo, to = b["dspex"] - b["raw"], b["dspy"] - b["raw"]
     print(f"    overhead ratio dspy/dspex: {to / max(oo, 1):.1f}x\n")
 
+    with FakeLMServer.subprocess(latency=0.0) as server:
+        d = bench_clients(server)
+    print("(d) HTTP clients, same POST to the same server (subprocess), per call")
+    base = d["sync  raw socket"]
+    for k, v in d.items():
+        print(f"    {k:40s} {v:7.0f} us   (+{v - base:.0f} us over raw)")
+    print()
+
+    e = bench_large_body()
+    print(f"(e) 96 MiB reply body: sync {e['sync']:.2f} s, async {e['async']:.2f} s\n")
+
     with FakeLMServer.subprocess(latency=0.05) as server:
         c = bench_concurrent(dspy, server)
     print("(c) 64 concurrent calls, 50 ms LM latency (ceiling 1,280 calls/s)")
@@ -181,7 +321,7 @@ def main() -> None:
     best_ours = max(v for k, v in c.items() if k.startswith("dspex"))
     best_theirs = max(v for k, v in c.items() if k.startswith("dspy"))
     print(f"    best dspex / best dspy: {best_ours / best_theirs:.2f}x")
-    print("\nJSON:", json.dumps({"a": [a_ours, a_theirs], "b": b, "c": c}))
+    print("\nJSON:", json.dumps({"a": [a_ours, a_theirs], "b": b, "c": c, "d": d, "e": e}))
 
 
 if __name__ == "__main__":

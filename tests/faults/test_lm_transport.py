@@ -147,6 +147,7 @@ class Proxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                s.close()
 
     def _handle(self, client: socket.socket) -> None:
         buf = b""

@@ -30,6 +30,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -77,6 +78,23 @@ class Endpoint(NamedTuple):
 
 class _Retry(Exception):
     """A reused connection was closed by the server before any byte of an answer: send again, fresh."""
+
+
+async def _until_loop_end(aclose: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await aclose()
+
+
+async def at_loop_end(aclose: Callable[[], Awaitable[None]]) -> AsyncGenerator[None, None]:
+    """Run ``aclose()`` when the running loop shuts down its async generators (``asyncio.run`` does).
+
+    Keep the returned generator referenced: the loop only holds it weakly.
+    """
+    gen = _until_loop_end(aclose)
+    await gen.__anext__()
+    return gen
 
 
 def _failed(conn: _SConn | _AConn | None, exc: BaseException, timeout: float) -> BaseException:
@@ -196,6 +214,10 @@ class SyncPool:
         for conn in idle:
             conn.close()
 
+    def __del__(self) -> None:  # an LM dropped without close(): release its sockets quietly
+        for conn in getattr(self, "_idle", ()):
+            conn.close()
+
 
 class _AConn:
     __slots__ = ("reader", "writer")
@@ -237,6 +259,9 @@ class AsyncPool:
         self.max_idle = max_idle
         # connections are bound to the loop that opened them
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_AConn]] = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     async def _open(self) -> _AConn:
@@ -247,16 +272,24 @@ class AsyncPool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _AConn(reader, writer)
 
-    def _idle_list(self) -> list[_AConn]:
+    async def _idle_list(self) -> list[_AConn]:
         loop = asyncio.get_running_loop()
         idle = self._by_loop.get(loop)
         if idle is None:
             with self._lock:
                 idle = self._by_loop.setdefault(loop, [])
+            conns = idle
+
+            async def close_idle() -> None:
+                while conns:
+                    conns.pop().close()
+
+            # closed with the loop (asyncio.run), not left to warn "unclosed transport" at exit
+            self._closers[loop] = await at_loop_end(close_idle)
         return idle
 
     async def request(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
-        idle = self._idle_list()
+        idle = self._by_loop.get(asyncio.get_running_loop()) or await self._idle_list()
         payload = request_bytes(method, path, self.endpoint.host_header, headers, body)
         conn: _AConn | None = None
         try:

@@ -13,10 +13,10 @@ body, redirects), sync and async alike. Failures are :class:`Timeout`,
   where it is fully correct; a redirect it receives is handed to the library.
 * :class:`LibraryTransport`: aiohttp (chosen on figures: bench/results/lm.md)
   for everything else: HTTPS (``ssl_ca_file=`` / ``verify=``, ``SSL_CERT_FILE``),
-  ``HTTP(S)_PROXY``/``NO_PROXY``, redirects, gzip, remote hosts. One aiohttp
-  session runs on a private event-loop thread per process; sync and async
-  callers both submit to it, so the deadline is an ``asyncio.timeout`` for both
-  and no client is bound to a caller's loop.
+  ``HTTP(S)_PROXY``/``NO_PROXY``, redirects, gzip, remote hosts. Async callers
+  get a session on their own loop; sync callers submit to one private
+  event-loop thread per process. Either way the deadline is an
+  ``asyncio.timeout`` around the whole request.
 * :class:`MockTransport`: a function ``(Request) -> Response`` (tests).
 
 ``choose(endpoint, ssl_ca_file=, verify=)`` picks one.
@@ -32,7 +32,8 @@ import os
 import ssl
 import threading
 import urllib.request
-from collections.abc import Callable, Coroutine
+import weakref
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
 from . import _http
@@ -140,8 +141,41 @@ class FastTransport:
             self._library.close()
 
 
+class _Sessions:
+    """The aiohttp sessions of one event loop, closed when that loop shuts its async generators down."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[Any, ...], Any] = {}
+        self.closer: AsyncGenerator[None, None] | None = None  # strong ref: the loop holds it weakly
+
+    async def start(self) -> None:
+        # closed on their own loop when asyncio.run() ends: no "Unclosed client session" at exit
+        self.closer = await _http.at_loop_end(self.aclose)
+
+    async def aclose(self) -> None:
+        sessions, self.by_key = list(self.by_key.values()), {}
+        for session in sessions:
+            await session.close()
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sessions] = weakref.WeakKeyDictionary()
+
+
+async def _sessions_here() -> _Sessions:
+    loop = asyncio.get_running_loop()
+    found = _by_loop.get(loop)
+    if found is None:
+        found = _by_loop[loop] = _Sessions()
+        await found.start()
+    return found
+
+
 class _Loop:
-    """A private event loop on a daemon thread (one per process; re-created after fork)."""
+    """A private event loop on a daemon thread for sync callers (one per process; new after fork).
+
+    Sync requests run there under ``asyncio.timeout``: a true total deadline, which
+    blocking clients (per-read socket timeouts) cannot give.
+    """
 
     _lock = threading.Lock()
     _current: _Loop | None = None
@@ -149,7 +183,6 @@ class _Loop:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
-        self.sessions: dict[tuple[Any, ...], Any] = {}
         self.thread = threading.Thread(target=self.loop.run_forever, name="dspex-lm-http", daemon=True)
         self.thread.start()
 
@@ -171,13 +204,10 @@ class _Loop:
         cur = cls._current
         if cur is None or cur.pid != os.getpid():
             return
-
-        async def _close() -> None:
-            for session in cur.sessions.values():
-                await session.close()
-
+        sessions = _by_loop.get(cur.loop)
         try:
-            asyncio.run_coroutine_threadsafe(_close(), cur.loop).result(2)
+            if sessions is not None:
+                asyncio.run_coroutine_threadsafe(sessions.aclose(), cur.loop).result(2)
         except Exception:
             pass
         cur.loop.call_soon_threadsafe(cur.loop.stop)
@@ -200,36 +230,41 @@ def _ssl_context(cafile: str | None, verify: bool | str) -> ssl.SSLContext | boo
 
 
 class LibraryTransport:
-    """aiohttp on the private loop: proxies from the environment, TLS options, redirects, gzip."""
+    """aiohttp: proxies from the environment, TLS options, redirects, gzip.
+
+    Async callers use a session on their own loop (no thread hop); sync callers submit to
+    the private loop. LMs with the same TLS settings share sessions (and connections).
+    """
 
     def __init__(self, endpoint: Endpoint, *, ssl_ca_file: str | None = None, verify: bool | str = True):
         self.endpoint = endpoint
         self.verify = verify
         self.ca_file = _ca_file(ssl_ca_file, verify)  # read once, like the proxy settings
-        self._key = (self.ca_file, verify is False)  # LMs with the same TLS settings share a session
+        self._key = (self.ca_file, verify is False)
 
-    async def _session(self, loop: _Loop) -> Any:
-        session = loop.sessions.get(self._key)
+    async def _session(self) -> Any:
+        sessions = await _sessions_here()
+        session = sessions.by_key.get(self._key)
         if session is None or session.closed:
             import aiohttp
 
             connector = aiohttp.TCPConnector(ssl=_ssl_context(self.ca_file, self.verify), limit=256)
             session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=True)
-            loop.sessions[self._key] = session
+            sessions.by_key[self._key] = session
         return session
 
-    async def _run(self, loop: _Loop, method: str, url: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
+    async def _run(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
         import aiohttp
 
+        url = self.endpoint.origin + path
         try:
             async with asyncio.timeout(timeout):
-                session = await self._session(loop)
+                session = await self._session()
                 async with session.request(
                     method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), max_redirects=10
                 ) as resp:
                     data = await resp.read()
-                    headers_out = {k.lower(): v for k, v in resp.headers.items()}
-                    return Response(resp.status, headers_out, data)
+                    return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise Timeout(f"no complete reply within {timeout:g}s") from exc
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -245,8 +280,7 @@ class LibraryTransport:
             raise ConnectError(f"{type(exc).__name__}: {exc}") from None
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
-        loop = _Loop.get()
-        fut = loop.submit(self._run(loop, method, self.endpoint.origin + path, headers, body, timeout))
+        fut = _Loop.get().submit(self._run(method, path, headers, body, timeout))
         try:
             return fut.result(timeout + 5.0)  # the deadline itself is enforced on the loop
         except concurrent.futures.TimeoutError:
@@ -257,12 +291,10 @@ class LibraryTransport:
             raise
 
     async def arequest(self, method: str, path: str, headers: dict[str, str], body: bytes, timeout: float) -> Response:
-        loop = _Loop.get()
-        fut = loop.submit(self._run(loop, method, self.endpoint.origin + path, headers, body, timeout))
-        return await asyncio.wrap_future(fut)  # cancelling the caller cancels the request on the loop
+        return await self._run(method, path, headers, body, timeout)
 
     def close(self) -> None:
-        """Sessions are shared per process (closed at exit); nothing per LM to release."""
+        """Sessions are shared per event loop (closed with it); nothing per LM to release."""
 
 
 class MockTransport:
