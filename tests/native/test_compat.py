@@ -104,6 +104,15 @@ def test_custom_types_in_string_signatures() -> None:
         signature("q: Nowhere -> a")
 
 
+def test_custom_types_from_a_function_scope() -> None:
+    class Local(pydantic.BaseModel):
+        x: int
+
+    ours = dspex.Predict("q: Local -> a")  # found in this function's frame, through Predict
+    theirs = dspy.Predict("q: Local -> a")
+    assert ours.signature.fields["q"].annotation is Local is theirs.signature.fields["q"].annotation
+
+
 def test_field_defaults_and_constraints(fake_lm: FakeLMServer) -> None:
     class Ours(dspex.Signature):
         question: str = dspex.InputField()
