@@ -249,7 +249,10 @@ class Caller:
         if isinstance(exc, rx.RayActorError | rx.ObjectLostError):
             with self.router.lock:
                 self.router.counts["crashes"] += 1
-            if slot is not None and isinstance(exc, rx.ActorDiedError):
+            if slot is not None:
+                # Dead or unreachable (ActorUnavailableError: often a process just killed): route
+                # around it now; the monitor's ready probe brings it back. A strict session on it
+                # is lost, even if the actor turns out to have survived (safe, never silent).
                 self.router.died(slot, slot.incarnation)
             where = f" on node {slot.node_id[:12]}" if slot is not None else ""
             return WorkerCrashed(

@@ -14,7 +14,9 @@ Supervision is Ray's (``max_restarts``) with dspex's semantics on top. A monitor
 thread keeps one never-returning ``watch`` call per actor; its failure means the
 actor died (crash, node lost, OOM kill): strict sessions on it become lost
 (``SessionLost``), hint sessions move on their next call, and a ``ready`` probe
-waits for Ray's restart (an actor out of restarts is replaced by a new one).
+waits for Ray's restart (an actor out of restarts is replaced by a new one). A call
+that sees its actor fail marks it down at once (routing avoids it); the probe then
+tells whether it came back as the same incarnation or a restarted one.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dspex.pool import protocol as P
 from dspex.pool._call import CallResult
 from dspex.pool._ray.calls import Call, Caller
 from dspex.pool._ray.config import RayPoolConfig, ensure_ray
-from dspex.pool._ray.routing import READY, Router, Slot
+from dspex.pool._ray.routing import DEAD, READY, Router, Slot
 from dspex.pool.backend import PoolFacade
 from dspex.pool.sessions import Session
 from dspex.pool.stats import LatencyReservoir
@@ -126,7 +128,7 @@ class RayPool(PoolFacade):
                 raise
             self._handler_table = dict(slots[0].handlers)
             for s in slots:
-                s.watch = s.actor.watch.remote()
+                self._arm(s)
             self._state = "running"
             self._monitor = threading.Thread(target=self._monitor_loop, name=f"dspex-ray-{self.name}-mon", daemon=True)
             self._monitor.start()
@@ -233,6 +235,8 @@ class RayPool(PoolFacade):
         while not self._stop.is_set():
             watched: dict[Any, Slot] = {}
             for s in self._router.slots:
+                if s.state == DEAD and s.probe is None:  # a call saw it fail: is it back?
+                    s.probe = s.actor.ready.remote()
                 if s.watch is not None:
                     watched[s.watch] = s
                 if s.probe is not None:
@@ -260,10 +264,11 @@ class RayPool(PoolFacade):
 
         if self._stop.is_set():
             return
-        if ref is slot.watch:  # it can only fail: the actor died
+        if ref is slot.watch:  # it can only fail: that incarnation died
             slot.watch = None
-            self._router.died(slot, slot.incarnation)
-            slot.probe = slot.actor.ready.remote()
+            self._router.died(slot, slot.watch_inc)
+            if slot.probe is None:
+                slot.probe = slot.actor.ready.remote()
             return
         slot.probe = None
         try:
@@ -273,7 +278,12 @@ class RayPool(PoolFacade):
             slot.probe = slot.actor.ready.remote()
             return
         self._router.came_up(slot, info)
+        if slot.watch is None or slot.watch_inc != slot.incarnation:
+            self._arm(slot)
+
+    def _arm(self, slot: Slot) -> None:
         slot.watch = slot.actor.watch.remote()
+        slot.watch_inc = slot.incarnation
 
     def _strategy(self, slot: Slot) -> Any:
         if self._pg is not None:

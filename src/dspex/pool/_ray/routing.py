@@ -38,6 +38,7 @@ class Slot:
         "started_at",
         "state",
         "watch",
+        "watch_inc",
     )
 
     def __init__(self, index: int, actor: Any) -> None:
@@ -54,6 +55,7 @@ class Slot:
         self.restarts = 0
         self.started_at = time.monotonic()
         self.watch: Any = None  # the never-returning call whose failure reports a death
+        self.watch_inc: str | None = None  # ... of this incarnation
         self.probe: Any = None  # a pending ready() call: (re)start in progress
 
     def up(self, info: dict[str, Any]) -> None:
