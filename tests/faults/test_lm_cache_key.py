@@ -80,3 +80,9 @@ def test_to_spec_keeps_token_named_options_and_drops_secrets() -> None:
     spec = lm.to_spec()
     assert spec["max_completion_tokens"] == 7 and spec["stop_token_ids"] == [3]
     assert "api_secret" not in spec and "s" not in spec.values()
+
+
+def test_lm_kwargs_keep_token_named_options() -> None:
+    lm = dspex.LM("openai/x", api_base="http://127.0.0.1:9/v1", max_completion_tokens=7, stop_token_ids=[3], api_key="k")
+    assert lm.kwargs["max_completion_tokens"] == 7 and lm.kwargs["stop_token_ids"] == [3]
+    assert "api_key" not in lm.kwargs

@@ -304,7 +304,7 @@ class LM(BaseLM):
         }
         if self.api_base != _DEFAULT_BASE[self.provider]:
             kw["api_base"] = self.api_base
-        kw.update((k, v) for k, v in self.extra.items() if not any(w in k.lower() for w in _SECRET_WORDS))
+        kw.update((k, v) for k, v in self.extra.items() if not _is_secret(k))
         return kw
 
     @property
