@@ -266,3 +266,27 @@ def test_gzip_reply_on_the_fast_path(mode: str) -> None:
         lm = dspex.LM("openai/fake", api_base=server.base_url, cache=False)
         out = lm.complete(MSGS) if mode == "sync" else asyncio.run(lm.acomplete(MSGS))
     assert out.text == "squeezed"
+
+
+# --- the library path keeps the same guarantees ----------------------------------------------------
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_library_path_has_one_total_deadline(mode: str, proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspex.testing.hostile_server import trickle
+
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)  # forces the library path for a loopback server
+    with HostileServer(trickle(every=0.1)) as server:
+        lm = dspex.LM("openai/fake", api_base=server.base_url, cache=False, num_retries=0, timeout=1.0)
+        assert isinstance(lm._transport, transport.LibraryTransport)
+        with pytest.raises(dspex.LMTimeout):
+            lm.complete(MSGS) if mode == "sync" else asyncio.run(lm.acomplete(MSGS))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_library_path_endless_headers_are_typed(mode: str, proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dspex.testing.hostile_server import endless_headers
+
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    with HostileServer(endless_headers()) as server:
+        lm = dspex.LM("openai/fake", api_base=server.base_url, cache=False, num_retries=0, timeout=10.0)
+        with pytest.raises(dspex.LMBadResponse, match="malformed"):
+            lm.complete(MSGS) if mode == "sync" else asyncio.run(lm.acomplete(MSGS))
