@@ -178,6 +178,30 @@ def test_custom_lm_subclass_override_is_called() -> None:
     assert fwd.kwargs == {"temperature": 0.0} and fwd.dump_state()["model"] == "custom/forward"
 
 
+def test_custom_lm_aforward_is_awaited() -> None:
+    import asyncio
+
+    reply = {"choices": [{"message": {"content": "[[ ## answer ## ]]\n7\n\n[[ ## completed ## ]]"}}]}
+
+    class AsyncLM(dspex.BaseLM):
+        awaited = 0
+
+        async def aforward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+            AsyncLM.awaited += 1
+            await asyncio.sleep(0)
+            return reply
+
+    class AsyncHTTP(dspex.LM):  # an LM subclass: its aforward replaces the HTTP client too
+        async def aforward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
+            return reply
+
+    p = dspex.Predict("question -> answer: int")
+    assert asyncio.run(p.acall(question="q", lm=AsyncLM())).answer == 7 and AsyncLM.awaited == 1
+    assert p(question="q", lm=AsyncLM()).answer == 7 and AsyncLM.awaited == 2  # sync call: on its own loop
+    http = AsyncHTTP("openai/x", api_base="http://127.0.0.1:9/v1", num_retries=0)  # nothing listens there
+    assert asyncio.run(p.acall(question="q", lm=http)).answer == 7
+
+
 def test_parenthesised_union_parses_as_dspy() -> None:
     spec = "a: str | (int | float) | None -> b: (int | str)"
     ours, theirs = signature(spec), dspy.Signature(spec)

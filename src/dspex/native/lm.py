@@ -205,10 +205,10 @@ class BaseLM:
         return call_override(self, messages, overrides)
 
     async def acomplete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
-        import contextvars
+        """The override's ``aforward`` if it has one, else the sync override on a thread."""
+        from ._custom_lm import acall_override
 
-        ctx = contextvars.copy_context()
-        return await asyncio.to_thread(ctx.run, BaseLM.complete, self, messages, **overrides)  # type: ignore[arg-type]
+        return await acall_override(self, messages, overrides)
 
     def dump_state(self) -> dict[str, Any]:
         """DSPy's LM state shape (``model``, ``model_type``, ``cache``, ``num_retries``, kwargs); no keys."""
