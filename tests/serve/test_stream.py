@@ -101,3 +101,45 @@ def test_pipeline_step_failure_names_the_step(serve: Any, lm: Any, fake_lm: Any,
     r = srv.client.post("/v1/pipelines/triage", json={"question": "x y"})
     assert r.status_code == 502 and "step 'summary' failed" in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "LMAuthError"
+
+
+def test_streaming_handler_chunks_and_worker_progress(serve: Any) -> None:
+    srv = serve(programs=[
+        {"name": "count", "handler": "count", "pool": "w", "signature": "n: int, delay: float -> items: list[int]",
+         "stream": True},
+        {"name": "progress", "handler": "progress", "pool": "w", "signature": "n: int -> done: int"},
+    ], pools=_POOLS)
+    events = _events(srv.client.post("/v1/programs/count/stream", json={"n": 5, "delay": 0.01}))
+    names = [n for n, _ in events]
+    assert names == ["start"] + ["chunk"] * 5 + ["output", "done"]
+    assert [d["value"] for n, d in events if n == "chunk"] == [0, 1, 2, 3, 4]
+    assert events[-1][1]["outputs"] == {"items": [0, 1, 2, 3, 4]}
+    r = srv.client.post("/v1/programs/count", json={"n": 3, "delay": 0})  # JSON: the chunks as one list
+    assert r.json()["outputs"] == {"items": [0, 1, 2]}
+    events = _events(srv.client.post("/v1/programs/progress/stream", json={"n": 3}))
+    progress = [d for n, d in events if n == "progress"]
+    assert [p["step"] for p in progress] == [0, 1, 2] and all(p["of"] == 3 for p in progress)
+    assert events[-1][1]["outputs"] == {"done": 3}
+
+
+def test_a_slow_stream_reader_pauses_the_handler(serve: Any) -> None:
+    """200 chunks, the client reads a few and leaves: the handler was paused by the window,
+    then cancelled; it never ran to the end."""
+    srv = serve(programs=[{"name": "tick", "handler": "tick", "pool": "w", "signature": "n: int, key -> items",
+                           "stream": True},
+                          {"name": "produced", "handler": "produced", "pool": "w", "signature": "key -> count: int"}],
+                pools=_POOLS)
+    with httpx.stream("POST", srv.url + "/v1/programs/tick/stream", json={"n": 100_000, "key": "slow"},
+                      timeout=30) as r:
+        it = r.iter_lines()
+        seen = 0
+        for line in it:
+            if line.startswith("event: chunk"):
+                seen += 1
+                if seen == 3:
+                    break
+    import time
+
+    time.sleep(1.0)
+    produced = srv.client.post("/v1/programs/produced", json={"key": "slow"}).json()["outputs"]["count"]
+    assert 3 <= produced < 100_000, produced  # bounded by the SSE window + the pool's stream window

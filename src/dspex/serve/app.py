@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .._cli.common import to_jsonable
+from ..pipeline.trace import StepProgress
 from .auth import APIKeyAuth
 from .config import ServeConfig
 from .http_errors import HTTPProblem, problem_for
@@ -40,7 +41,7 @@ from .limits import InFlight, read_json_body
 from .metrics import CONTENT_TYPE, ServeMetrics
 from .schema import openapi
 from .sse import EventStreamResponse, event_json, format_event, watch_disconnect
-from .targets import Target, build_target
+from .targets import NO_EVENTS, Chunk, Progress, Target, build_target
 from .validation import check_inputs
 
 __all__ = ["SESSION_HEADER", "Service"]
@@ -49,6 +50,7 @@ log = logging.getLogger("dspex.serve")
 SESSION_HEADER = "x-dspex-session"
 _SESSION = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _MAX_QUEUED_EVENTS = 1000  # per streamed call; progress events past it are dropped, others kept
+_CHUNK_WINDOW = 64  # chunks queued for the client before the handler's stream is paused
 
 
 class _ClientGone(Exception):
@@ -67,10 +69,6 @@ def _jsonable(outputs: dict[str, Any]) -> Any:
     if all(isinstance(v, _PLAIN) for v in outputs.values()):
         return outputs
     return to_jsonable(outputs)
-
-
-def _no_events(event: Any) -> None:
-    """JSON calls do not stream: pipeline events are dropped."""
 
 
 def _request_id() -> str:
@@ -281,7 +279,7 @@ class Service:
         watcher = asyncio.ensure_future(watch_disconnect(request.receive))
         watcher.add_done_callback(on_disconnect)
         try:
-            return await self._timed(target.call(inputs, session, _no_events), target)
+            return await self._timed(target.call(inputs, session, NO_EVENTS), target)
         except asyncio.CancelledError:
             if gone:
                 me.uncancel()
@@ -313,20 +311,33 @@ class Service:
         async def events() -> AsyncIterator[bytes]:
             queue: asyncio.Queue[Any] = asyncio.Queue()
             dropped = 0
+            chunk_slots = asyncio.Semaphore(_CHUNK_WINDOW)  # a slow client pauses a streaming handler
 
-            def emit(ev: Any) -> None:
-                nonlocal dropped
-                if queue.qsize() >= _MAX_QUEUED_EVENTS and type(ev).__name__ == "StepProgress":
-                    dropped += 1
-                    return
+            async def put_chunk(ev: Chunk) -> None:
+                await chunk_slots.acquire()
                 queue.put_nowait(ev)
+
+            def emit(ev: Any) -> Any:
+                nonlocal dropped
+                if isinstance(ev, Chunk):
+                    return put_chunk(ev)  # awaited by the producer
+                if queue.qsize() >= _MAX_QUEUED_EVENTS and isinstance(ev, Progress | StepProgress):
+                    dropped += 1  # progress is droppable; steps and chunks are not
+                    return None
+                queue.put_nowait(ev)
+                return None
 
             work = asyncio.ensure_future(self._timed(target.call(inputs, session, emit), target))
             work.add_done_callback(lambda _t: queue.put_nowait(None))
             try:
                 yield format_event("start", {"request_id": rid, "endpoint": target.name, "session": session})
                 while (ev := await queue.get()) is not None:
-                    if type(ev).__name__ not in ("RunStarted", "RunFinished"):
+                    if isinstance(ev, Chunk):
+                        chunk_slots.release()
+                        yield format_event("chunk", {"index": ev.index, "value": ev.value})
+                    elif isinstance(ev, Progress):
+                        yield format_event("progress", ev.data)
+                    elif type(ev).__name__ not in ("RunStarted", "RunFinished"):
                         yield format_event("step", event_json(ev))
                 try:
                     outputs, trace = work.result()

@@ -26,7 +26,7 @@ A config file is TOML (``[serve]`` table, or the whole file), YAML or JSON::
     name = "ping"
     pool = "dspy"
     handler = "dspy.ping"       # a pool handler, called with the inputs as keyword arguments
-    signature = "-> pid: int"
+    signature = "-> pid: int"   # stream = true: a generator handler, its chunks streamed over SSE
 
     [[serve.pipelines]]
     name = "triage"
@@ -59,7 +59,7 @@ _SERVE_KEYS = {
     "request_timeout_s", "lm", "programs", "pipelines", "pools", "page", "log_level",
 }
 _PROGRAM_KEYS = {"name", "signature", "state", "module", "impl", "object", "pool", "handler",
-                 "description", "timeout_s"}
+                 "description", "timeout_s", "stream"}
 _PIPELINE_KEYS = {"name", "path", "allow", "description", "timeout_s"}
 
 
@@ -80,6 +80,7 @@ class EndpointConfig:
     allow: tuple[str, ...] = ()
     description: str = ""
     timeout_s: float | None = None
+    stream: bool = False  # handler programs: a generator handler whose chunks /stream sends as they come
 
 
 @dataclass
@@ -220,7 +221,7 @@ def _endpoint(raw: Any, kind_of: str, base: Path | None) -> EndpointConfig:
         if not sig:
             raise ConfigError(f"serve program {name!r}: a handler program needs signature = \"in -> out\"")
         return EndpointConfig(kind="handler", handler=str(raw["handler"]), pool=str(raw.get("pool") or "dspy"),
-                              signature=sig, **common)
+                              signature=sig, stream=bool(raw.get("stream", False)), **common)
     if not sig:
         raise ConfigError(
             f"serve program {name!r} needs signature = \"question -> answer\" (saved state does not record "

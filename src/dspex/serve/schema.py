@@ -104,7 +104,8 @@ _TRACE_ROW = {
 # One server-sent event; ``data`` is the JSON text of the event's payload.
 _SSE_EVENT = {
     "type": "object",
-    "properties": {"event": {"enum": ["start", "step", "output", "done", "error"]}, "data": {"type": "string"}},
+    "properties": {"event": {"enum": ["start", "step", "progress", "chunk", "output", "done", "error"]},
+                   "data": {"type": "string"}},
     "required": ["event", "data"],
 }
 
@@ -162,7 +163,7 @@ def openapi(targets: list[Target], *, title: str = "dspex", version: str = "0.1.
         paths[t.path + "/stream"] = {"post": {
             "operationId": f"stream_{t.name}", "summary": f"{summary} (server-sent events)", "tags": [t.group],
             "parameters": [session], "requestBody": body,
-            "responses": {"200": {"description": "events: start, step, output, done, error",
+            "responses": {"200": {"description": "events: start, step, progress, chunk, output, done, error",
                                   "content": {"text/event-stream": {"schema": _SSE_EVENT}}},
                           **_responses(_CALL_ERRORS)},
         }}

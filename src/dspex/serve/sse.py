@@ -2,7 +2,9 @@
 stops its producer when the client goes away.
 
 Events of one call: ``start`` {request_id, endpoint, session}; ``step`` per pipeline
-event (started, progress, retrying, finished, failed); ``output`` {field, value} per
+event (started, progress, retrying, finished, failed); ``progress`` per worker
+``ctx.progress`` event; ``chunk`` {index, value} per chunk of a streaming handler
+(``stream = true``); ``output`` {field, value} per
 output field; then ``done`` {outputs, trace} or ``error`` {status, error}. A ``: ping``
 comment goes out every ``ping_s`` while nothing else does.
 """

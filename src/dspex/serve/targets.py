@@ -25,10 +25,29 @@ from typing import Any
 from ..errors import ConfigError
 from .config import EndpointConfig
 
-__all__ = ["FieldInfo", "Target", "build_target"]
+__all__ = ["NO_EVENTS", "Chunk", "FieldInfo", "Progress", "Target", "build_target"]
 
-Emit = Callable[[Any], None]
+Emit = Callable[[Any], Any]  # returns None, or an awaitable for a Chunk (flow control)
 TraceRows = list[dict[str, Any]]
+
+
+def NO_EVENTS(event: Any) -> None:
+    """The ``emit`` of a JSON call: nothing streams, events are dropped."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk a streaming handler yielded (SSE ``chunk``)."""
+
+    index: int
+    value: Any
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A worker's ``ctx.progress(...)`` event (SSE ``progress``)."""
+
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -186,13 +205,35 @@ class _PoolTarget(Target):
     async def prepare(self) -> None:
         self.pool = await asyncio.to_thread(self.manager.get, self.pool_name)
 
-    async def _pool_call(self, handler: str, session: str | None, kwargs: dict[str, Any]) -> tuple[Any, TraceRows]:
+    async def _pool_call(self, handler: str, session: str | None, kwargs: dict[str, Any],
+                         emit: Emit = NO_EVENTS) -> tuple[Any, TraceRows]:
+        if self.pool is None:
+            await self.prepare()
+        on_event = None if emit is NO_EVENTS else (lambda data: emit(Progress(dict(data))))
+        t0 = time.perf_counter()
+        res = await self.pool.acall_detailed(handler, session=session, timeout=self.timeout_s, on_event=on_event,
+                                             **kwargs)
+        usage = res.value.get("usage") if isinstance(res.value, dict) else None
+        return res.value, [_row(self.name, "worker", self.pool_name, res.pid, time.perf_counter() - t0, usage)]
+
+    async def _pool_stream(self, handler: str, session: str | None, kwargs: dict[str, Any],
+                           emit: Emit) -> tuple[list[Any], TraceRows]:
+        """A generator handler's chunks, each emitted as it arrives; leaving early cancels the call."""
         if self.pool is None:
             await self.prepare()
         t0 = time.perf_counter()
-        res = await self.pool.acall_detailed(handler, session=session, timeout=self.timeout_s, **kwargs)
-        usage = res.value.get("usage") if isinstance(res.value, dict) else None
-        return res.value, [_row(self.name, "worker", self.pool_name, res.pid, time.perf_counter() - t0, usage)]
+        chunks: list[Any] = []
+        stream = self.pool.astream(handler, session=session, timeout=self.timeout_s,
+                                   on_event=lambda data: emit(Progress(dict(data))), **kwargs)
+        try:
+            async for chunk in stream:
+                pending = emit(Chunk(len(chunks), chunk))
+                if inspect.isawaitable(pending):  # the SSE side's window is full: wait for the client
+                    await pending
+                chunks.append(chunk)
+        finally:
+            await stream.aclose()
+        return chunks, [_row(self.name, "worker", self.pool_name, None, time.perf_counter() - t0)]
 
 
 class WorkerProgram(_PoolTarget):
@@ -236,7 +277,10 @@ class HandlerProgram(_PoolTarget):
         self.kind = "handler"
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
-        value, rows = await self._pool_call(str(self.cfg.handler), session, inputs)
+        if self.cfg.stream and emit is not NO_EVENTS:
+            chunks, rows = await self._pool_stream(str(self.cfg.handler), session, inputs, emit)
+            return _as_outputs(chunks, self.outputs), rows
+        value, rows = await self._pool_call(str(self.cfg.handler), session, inputs, emit)
         return _as_outputs(value, self.outputs), rows
 
 
