@@ -227,3 +227,26 @@ def test_start_error_names_the_cause(ray_cluster) -> None:
         p.start()
     assert "no_such_handler_module_xyz" in info.value.stderr_tail
     p.close()
+
+
+def test_a_pipeline_runs_its_worker_steps_on_the_ray_pool(pool: RayPool) -> None:
+    """Pipelines take any PoolBackend: validation reads the handlers, steps share a session."""
+    from dspex.errors import PipelineError
+    from dspex.pipeline import Pipeline, native, parallel, worker
+
+    p = Pipeline(
+        [
+            worker(handler="state_set", pool="remote", params={"key": "seen"}, reads={"value": "x"}, writes="set"),
+            parallel([
+                worker(handler="state_get", pool="remote", params={"key": "seen"}, writes="got", name="get"),
+                native(lambda x: x * 2, writes="e", name="double"),
+            ], name="group"),
+            native(lambda got, e: f"{got}/{e}", writes="out", name="join"),
+        ],
+        pools={"remote": pool},
+    )
+    r = p.run(x=7)
+    assert r["got"] == 7 and r["out"] == "7/14"  # one session per run: the state step's worker
+    assert r.trace.step("get").where == pool.name and r.trace.step("get").pid in pool.workers()
+    with pytest.raises(PipelineError, match="no_such_handler"):
+        Pipeline([worker(handler="no_such_handler", pool="remote", writes="h")], pools={"remote": pool}).validate()

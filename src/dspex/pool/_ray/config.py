@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex.errors import ConfigError
+from dspex.errors import ConfigError, WorkerStartError
 from dspex.pool import protocol as P
 
 __all__ = ["PLACEMENTS", "RAY_KEYS", "RayPoolConfig", "check_keys", "ensure_ray"]
@@ -167,8 +167,9 @@ def ensure_ray(cfg: RayPoolConfig) -> bool:
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
-        raise ConfigError(
+        raise WorkerStartError(
             f"pool {cfg.name!r}: cannot reach the Ray cluster at {address!r}: {exc}; start it (`ray start --head`) "
-            "or fix the pool's address"
+            "or fix the pool's address",
+            pool=cfg.name,
         ) from None
     return True
