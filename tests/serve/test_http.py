@@ -209,6 +209,14 @@ def test_config_errors_say_what_to_do(tmp_path: Path) -> None:
         load_serve_config(None, programs=[{"name": "a", "signature": "a -> b", "sgnature": 1}])
     with pytest.raises(ConfigError, match="two endpoints"):
         load_serve_config(None, programs=[{"name": "a", "signature": "a -> b"}] * 2).check()
+    from dspex.serve import Service
+
+    with pytest.raises(ConfigError, match="named like pool call options"):
+        Service(load_serve_config(None, programs=[{"name": "h", "handler": "echo", "signature": "timeout -> y"}]))
+    with pytest.raises(ConfigError, match=r"cannot read program state|does not exist"):
+        Service(load_serve_config(None, programs=[{"name": "s", "signature": "a -> b", "state": str(tmp_path / "no.json")}]))
+    with pytest.raises(ConfigError, match="cannot import"):
+        Service(load_serve_config(None, programs=[{"name": "o", "object": "no_such_mod_xyz:f"}]))
     with pytest.raises(ConfigError, match="nothing to serve"):
         load_serve_config(None).check()
     f = tmp_path / "serve.toml"

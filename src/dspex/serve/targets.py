@@ -265,6 +265,9 @@ class WorkerProgram(_PoolTarget):
         return _as_outputs(value.get("outputs", {}), self.outputs), rows
 
 
+_POOL_OPTIONS = frozenset({"session", "timeout", "callbacks", "on_event"})
+
+
 class HandlerProgram(_PoolTarget):
     """A pool handler called with the inputs as keyword arguments."""
 
@@ -272,6 +275,10 @@ class HandlerProgram(_PoolTarget):
         from .. import signature
 
         sig = signature(cfg.signature)
+        clash = sorted(set(sig.input_fields) & _POOL_OPTIONS)
+        if clash:  # the inputs travel as keyword arguments of Pool.acall, next to its own options
+            raise ConfigError(f"handler program {cfg.name!r}: input field(s) {clash} are named like pool call "
+                              f"options {sorted(_POOL_OPTIONS)}; rename them in the signature and the handler")
         super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True),
                          manager=manager, pool_name=cfg.pool or "dspy")
         self.kind = "handler"
