@@ -189,7 +189,7 @@ def _run_load(url: str, path: str, clients: int, seconds: float) -> dict[str, An
 def main(quick: bool) -> None:
     from dspex.testing import FakeLMServer
 
-    seconds = 2.0 if quick else 6.0
+    seconds, rounds = (1.5, 1) if quick else (6.0, ROUNDS)
     levels = [64, 256]
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DSPEX_POOL_STDERR": "quiet"}
     rows: list[tuple[str, int, dict[str, Any]]] = []
@@ -221,7 +221,7 @@ signature = "question -> answer"
                 _wait_ok(url, path)
             for clients in levels:
                 best: dict[str, dict[str, Any]] = {}
-                for _ in range(ROUNDS):  # rounds interleaved, so a busy moment of the machine hits all alike
+                for _ in range(rounds):  # rounds interleaved, so a busy moment of the machine hits all alike
                     for label, _proc, url, path in running:
                         r = _run_load(url, path, clients, seconds)
                         if label not in best or r["rps"] > best[label]["rps"]:
@@ -239,7 +239,7 @@ signature = "question -> answer"
                     proc.wait(5)
     by = {(label, c): r for label, c, r in rows}
     print(f"\nserving Predict('question -> answer') over HTTP, LM latency {LATENCY * 1000:.0f} ms, best of "
-          f"{ROUNDS} interleaved x {seconds:g} s per row, load from a separate process; {os.cpu_count()} CPUs, load average "
+          f"{rounds} interleaved x {seconds:g} s per row, load from a separate process; {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f} at the end")
     print(f"{'clients':>7}  {'service':<32}{'req/s':>9}{'of ceiling':>12}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
     for clients in levels:
@@ -256,7 +256,7 @@ signature = "question -> answer"
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="2 s per round instead of 6")
+    ap.add_argument("--quick", action="store_true", help="one 1.5 s round instead of two of 6 s")
     ap.add_argument("--serve-peer", nargs=3, metavar=("KIND", "PORT", "API_BASE"), help=argparse.SUPPRESS)
     ap.add_argument("--load", nargs=4, metavar=("URL", "PATH", "CLIENTS", "SECONDS"), help=argparse.SUPPRESS)
     a = ap.parse_args()
