@@ -268,11 +268,12 @@ class Service:
         disconnects first. One extra task per call, no asyncio.wait."""
         me = asyncio.current_task()
         assert me is not None
-        gone = False
+        gone = finished = False
 
         def on_disconnect(t: asyncio.Task[None]) -> None:
             nonlocal gone
-            if not t.cancelled() and t.exception() is None:
+            # ``finished``: the callback may have been scheduled just before the call returned
+            if not finished and not t.cancelled() and t.exception() is None:
                 gone = True
                 me.cancel()
 
@@ -286,6 +287,7 @@ class Service:
                 raise _ClientGone() from None
             raise
         finally:
+            finished = True
             watcher.remove_done_callback(on_disconnect)
             watcher.cancel()
 
