@@ -250,3 +250,20 @@ def test_a_pipeline_runs_its_worker_steps_on_the_ray_pool(pool: RayPool) -> None
     assert r.trace.step("get").where == pool.name and r.trace.step("get").pid in pool.workers()
     with pytest.raises(PipelineError, match="no_such_handler"):
         Pipeline([worker(handler="no_such_handler", pool="remote", writes="h")], pools={"remote": pool}).validate()
+
+
+def test_a_restarted_actor_refuses_a_strict_call_for_state_it_never_had(ray_cluster) -> None:
+    """The race the monitor cannot close: Ray restarted the actor before the host noticed.
+    The host's view of the incarnation is made stale by hand; the actor itself refuses."""
+    with RayPool("incarnation", size=1, handlers=HANDLERS, affinity="strict", num_cpus=0.1) as p:
+        p.call("state_set", "k", "v", session="s")
+        slot = p._router.slots[0]
+        real = slot.incarnation
+        slot.incarnation = "an-incarnation-that-died"  # what the host believes
+        with pytest.raises(SessionLost):
+            p.call("state_get", "k", session="s")
+        # The refusal marks the worker down; the probe finds it up under its real incarnation.
+        wait_until(lambda: p.stats()["workers"][0]["state"] == "ready" and slot.incarnation == real, 30,
+                   "the probe to bring the worker back")
+        assert p.call("state_get", "k", session="fresh") is None
+        assert p.call("echo", 1) == 1

@@ -274,7 +274,9 @@ class Caller:
         pid = call.slot.pid if call.slot is not None else None
         if code == P.E_REMOTE:
             raise RemoteError(str(rtype), str(message), str(tb), detail=detail if isinstance(detail, dict) else None)
-        if code == E_LOST:
+        if code == E_LOST:  # Ray restarted the actor before the monitor saw it die
+            if call.slot is not None:
+                self.router.died(call.slot, call.expect)  # every strict session on it is lost
             with self.router.lock:
                 s = self.router.sessions.get(call.session) if call.session is not None else None
                 if s is not None:
