@@ -109,6 +109,7 @@ def test_tls_without_the_ca_is_a_clear_non_retryable_error(tls_server: FakeLMSer
 class Proxy:
     def __init__(self) -> None:
         self.log: list[str] = []
+        self.auth: list[str] = []
         self._srv = socket.create_server(("127.0.0.1", 0))
         self.port = self._srv.getsockname()[1]
         self._stop = False
@@ -161,6 +162,7 @@ class Proxy:
         lines = head.decode("latin-1").split("\r\n")
         method, target, version = lines[0].split(" ")
         self.log.append(f"{method} {target}")
+        self.auth += [h.split(":", 1)[1].strip() for h in lines[1:] if h.lower().startswith("proxy-authorization:")]
         if method == "CONNECT":
             host, port = target.rsplit(":", 1)
             upstream = socket.create_connection((host, int(port)))
@@ -198,6 +200,15 @@ def test_call_through_an_http_proxy(fake_lm: FakeLMServer, proxy: Proxy, monkeyp
     assert asyncio.run(lm.acomplete(MSGS)).text == "proxied async"
     assert [line.split(" ")[0] for line in proxy.log] == ["POST", "POST"]
     assert all(fake_lm.base_url in line for line in proxy.log)
+
+
+def test_proxy_credentials_from_the_url(fake_lm: FakeLMServer, proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://alice:s%40cret@127.0.0.1:{proxy.port}")
+    fake_lm.script(["with auth"])
+    assert dspex.LM("openai/fake", api_base=fake_lm.base_url, cache=False).complete(MSGS).text == "with auth"
+    assert proxy.auth == ["Basic " + base64.b64encode(b"alice:s@cret").decode()]
 
 
 def test_https_through_a_connect_proxy(

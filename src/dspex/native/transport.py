@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import concurrent.futures
 import ipaddress
 import os
 import ssl
 import threading
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine
@@ -216,6 +218,22 @@ class _Loop:
 atexit.register(_Loop.shutdown)
 
 
+def _split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://u:p@host:3128`` -> (``http://host:3128``, (u, p)); a scheme-less proxy gets ``http://``."""
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), user
+
+
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def _ca_file(ssl_ca_file: str | None, verify: bool | str) -> str | None:
     return ssl_ca_file or (verify if isinstance(verify, str) else None) or os.environ.get("SSL_CERT_FILE") or None
 
@@ -241,6 +259,18 @@ class LibraryTransport:
         self.verify = verify
         self.ca_file = _ca_file(ssl_ca_file, verify)  # read once, like the proxy settings
         self._key = (self.ca_file, verify is False)
+        # the proxy is resolved once here (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY), not by aiohttp's
+        # trust_env, which re-reads the environment and ~/.netrc on every request (bench_lm (d):
+        # 2.5 ms vs 0.4 ms per call with it on a loaded run)
+        proxy = proxy_for(endpoint)
+        self.proxy: str | None = None
+        user: tuple[str, str] | None = None
+        if proxy:
+            self.proxy, user = _split_userinfo(proxy)
+        auth = {"Proxy-Authorization": _basic_auth(*user)} if user else {}
+        # plain http: the proxy reads the request itself; https: only the CONNECT (never the origin)
+        self._request_extra = auth if endpoint.scheme == "http" else {}
+        self._proxy_headers = auth if endpoint.scheme == "https" and auth else None
 
     async def _session(self) -> Any:
         sessions = await _sessions_here()
@@ -249,7 +279,7 @@ class LibraryTransport:
             import aiohttp
 
             connector = aiohttp.TCPConnector(ssl=_ssl_context(self.ca_file, self.verify), limit=256)
-            session = aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=True)
+            session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True)
             sessions.by_key[self._key] = session
         return session
 
@@ -261,7 +291,14 @@ class LibraryTransport:
             async with asyncio.timeout(timeout):
                 session = await self._session()
                 async with session.request(
-                    method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), max_redirects=10
+                    method,
+                    url,
+                    data=body,
+                    headers={**headers, **self._request_extra} if self._request_extra else headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                    max_redirects=10,
+                    proxy=self.proxy,
+                    proxy_headers=self._proxy_headers,
                 ) as resp:
                     data = await resp.read()
                     return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data)
