@@ -241,6 +241,8 @@ def test_metrics_include_serve_router_and_pool(serve: Any, lm: Any) -> None:
     assert 'dspex_pool_calls_total{pool="t"}' in text and 'dspex_pool_workers{pool="t",state=' in text
     assert "dspex_router_calls_total" in text and "dspex_serve_in_flight 0.0" in text
     assert "dspex_serve_ready 1.0" in text
+    assert 'dspex_serve_request_seconds_count{endpoint="qa"} 1.0' in text  # 422s are not timed
+    assert 'dspex_serve_request_seconds_bucket{endpoint="qa",le="+Inf"} 1.0' in text
 
 
 def test_json_roundtrip_of_unicode(serve: Any, lm: Any, fake_lm: Any) -> None:

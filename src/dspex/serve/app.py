@@ -147,7 +147,7 @@ class Service:
             log.error("dspex serve: not ready: %s: %s", type(exc).__name__, exc)
             return
         self.ready = True
-        self.metrics.ready.set(1)
+        self.metrics.ready = True
 
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -156,7 +156,7 @@ class Service:
             yield
         finally:
             self.ready = False
-            self.metrics.ready.set(0)
+            self.metrics.ready = False
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
@@ -180,7 +180,7 @@ class Service:
         app = Starlette(routes=routes, lifespan=self._lifespan,
                         exception_handlers={HTTPException: self._http_exception, Exception: self._crash})
         return APIKeyAuth(_Dispatch(app, fast), key=self.cfg.api_key(),
-                          on_reject=lambda: self.metrics.rejected.labels("auth").inc())
+                          on_reject=lambda: self.metrics.reject("auth"))
 
     # ------------------------------------------------------------------ small routes
     async def page(self, request: Request) -> Response:
@@ -243,7 +243,7 @@ class Service:
         try:
             self.in_flight.enter()
         except HTTPProblem as p:
-            self.metrics.rejected.labels("in_flight").inc()
+            self.metrics.reject("in_flight")
             return self._answer(target, p, rid, None)
         entered = True
         try:
@@ -257,10 +257,10 @@ class Service:
             try:
                 body = await read_json_body(request, self.cfg.max_body_bytes)
             except HTTPProblem as p:
-                self.metrics.rejected.labels({413: "body_too_large"}.get(p.status, "bad_body")).inc()
+                self.metrics.reject({413: "body_too_large"}.get(p.status, "bad_body"))
                 raise
             inputs = check_inputs(target, body)
-            self.metrics.in_flight.inc()
+            self.metrics.in_flight += 1
             if stream:
                 entered = False  # the stream leaves the bound when it ends
                 return self._stream(target, request, inputs, session, rid)
@@ -268,12 +268,12 @@ class Service:
             try:
                 outputs, trace = await self._run_watched(target, request, inputs, session)
             except _ClientGone:
-                self.metrics.cancelled.labels(self.metrics.label(target.name)).inc()
+                self.metrics.cancel(target.name)
                 return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
             except Exception as exc:
                 return self._answer(target, problem_for(exc, retry_after_s=self.cfg.retry_after_s), rid, t0)
             finally:
-                self.metrics.in_flight.dec()
+                self.metrics.in_flight -= 1
             self.metrics.observe(target.name, 200, time.perf_counter() - t0)
             return JSONResponse({"outputs": _jsonable(outputs), "trace": trace, "session": session,
                                  "request_id": rid}, headers={"x-request-id": rid})
@@ -325,11 +325,11 @@ class Service:
         t0 = time.perf_counter()
 
         def release() -> None:
-            self.metrics.in_flight.dec()
+            self.metrics.in_flight -= 1
             self.in_flight.leave()
 
         def gone() -> None:
-            self.metrics.cancelled.labels(self.metrics.label(target.name)).inc()
+            self.metrics.cancel(target.name)
 
         async def events() -> AsyncIterator[bytes]:
             queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -8,11 +8,13 @@ current and cost nothing between scrapes.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "ServeMetrics"]
 
@@ -83,34 +85,68 @@ class _LiveCollector:
 
 
 class ServeMetrics:
-    """The service's own metrics; ``endpoint`` labels come from the configured names only."""
+    """The service's own metrics; ``endpoint`` labels come from the configured names only.
+
+    Counted in plain ints on the event loop (no lock per request: prometheus_client's
+    metric objects take one per operation) and turned into metric families at scrape
+    time; copies of the dicts are taken under the GIL, so a scrape thread never sees a
+    half-updated one."""
 
     def __init__(self, endpoints: Iterable[str], manager: Any = None):
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry(auto_describe=False)
         self.known = set(endpoints)
-        r = self.registry
-        self.requests = Counter("dspex_serve_requests", "answered requests", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("dspex_serve_request_seconds", "time to answer a call", ["endpoint"],
-                                 buckets=_BUCKETS, registry=r)
-        self.in_flight = Gauge("dspex_serve_in_flight", "calls running now", registry=r)
-        self.rejected = Counter("dspex_serve_rejected", "requests refused before running", ["reason"], registry=r)
-        self.cancelled = Counter("dspex_serve_cancelled", "calls cancelled because the client went away",
-                                 ["endpoint"], registry=r)
-        self.ready = Gauge("dspex_serve_ready", "1 when every endpoint can take calls", registry=r)
-        r.register(_LiveCollector(manager))
-        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self.requests: dict[tuple[str, int], int] = {}
+        self.latency: dict[str, list[float]] = {}  # endpoint -> [count per bucket..., +Inf count, sum]
+        self.rejected: dict[str, int] = {}
+        self.cancelled: dict[str, int] = {}
+        self.in_flight = 0
+        self.ready = False
+        self.registry.register(self)
+        self.registry.register(_LiveCollector(manager))
 
     def label(self, endpoint: str) -> str:
         return endpoint if endpoint in self.known else "other"
 
     def observe(self, endpoint: str, status: int, seconds: float | None) -> None:
         ep = self.label(endpoint)
-        child = self._children.get((ep, status))
-        if child is None:  # labelled children cached: .labels() takes a lock and builds a tuple
-            child = self._children[(ep, status)] = (self.requests.labels(ep, str(status)), self.latency.labels(ep))
-        child[0].inc()
+        key = (ep, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
         if seconds is not None:
-            child[1].observe(seconds)
+            row = self.latency.get(ep)
+            if row is None:
+                row = self.latency[ep] = [0.0] * (len(_BUCKETS) + 2)
+            row[bisect_left(_BUCKETS, seconds)] += 1  # the first bucket whose bound is >= seconds
+            row[-1] += seconds
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def cancel(self, endpoint: str) -> None:
+        ep = self.label(endpoint)
+        self.cancelled[ep] = self.cancelled.get(ep, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        req = CounterMetricFamily("dspex_serve_requests", "answered requests", labels=["endpoint", "status"])
+        for (ep, status), n in sorted(dict(self.requests).items()):
+            req.add_metric([ep, str(status)], n)
+        lat = HistogramMetricFamily("dspex_serve_request_seconds", "time to answer a call", labels=["endpoint"])
+        for ep, row in sorted(dict(self.latency).items()):
+            row = list(row)
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*_BUCKETS, float("inf")), row[:-1], strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            lat.add_metric([ep], buckets, sum_value=row[-1])
+        rej = CounterMetricFamily("dspex_serve_rejected", "requests refused before running", labels=["reason"])
+        for reason, n in sorted(dict(self.rejected).items()):
+            rej.add_metric([reason], n)
+        can = CounterMetricFamily("dspex_serve_cancelled", "calls cancelled because the client went away",
+                                  labels=["endpoint"])
+        for ep, n in sorted(dict(self.cancelled).items()):
+            can.add_metric([ep], n)
+        yield from (req, lat, rej, can)
+        yield GaugeMetricFamily("dspex_serve_in_flight", "calls running now", value=self.in_flight)
+        yield GaugeMetricFamily("dspex_serve_ready", "1 when every endpoint can take calls", value=int(self.ready))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
