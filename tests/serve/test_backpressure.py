@@ -104,3 +104,16 @@ def test_disconnect_cancels_a_stream_and_a_worker_call(serve: Any) -> None:
     r = srv.client.post("/v1/programs/sleep", json={"seconds": 0.01})
     assert r.status_code == 200 and r.json()["outputs"] == {"s": 0.01}
     assert srv.service.in_flight.count == 0
+
+
+def test_disconnect_cancels_an_async_object_program(serve: Any) -> None:
+    progs.started.clear()
+    progs.cancelled.clear()
+    srv = serve(programs=[{"name": "slow", "object": "serve.programs_for_tests:slow"}])
+    try:
+        httpx.post(srv.url + "/v1/programs/slow", json={"seconds": 60}, timeout=httpx.Timeout(30, read=1.0))
+    except httpx.ReadTimeout:
+        pass
+    assert progs.started.is_set()
+    assert progs.cancelled.wait(20)  # the coroutine saw CancelledError
+    assert _wait(lambda: srv.service.metrics.cancelled.get("slow") == 1)
