@@ -20,8 +20,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import ray
 from ray.cluster_utils import Cluster
 
-pytestmark = pytest.mark.ray
-
 
 def _start_cluster(attempts: int = 2) -> Cluster:
     """Ray gives a raylet 30 s to register (hard-coded); a heavily loaded machine can

@@ -267,3 +267,8 @@ def test_a_restarted_actor_refuses_a_strict_call_for_state_it_never_had(ray_clus
                    "the probe to bring the worker back")
         assert p.call("state_get", "k", session="fresh") is None
         assert p.call("echo", 1) == 1
+        # drop_session drops the actor-side state (one worker: nowhere else it could be)
+        p.call("state_set", "k2", 2, session="t")
+        assert p.call("state_get", "k2", session="t") == 2
+        p.drop_session("t")
+        wait_until(lambda: p.call("state_get", "k2", session="t") is None, 30, "the drop to reach the actor")

@@ -123,17 +123,21 @@ class WorkerActor:
             loop.call_soon_threadsafe(_resolve, fut, data)
 
     # -- calls ---------------------------------------------------------------------
-    async def run(self, rid: int, name: str, payload: bytes, session: Any, flags: int, expect: str | None) -> bytes:
+    async def run(self, frame: bytes) -> bytes:
+        """``frame``: packed ``[rid, handler, args, kwargs, session, flags, expect]`` (one
+        argument: Ray serializes each argument separately, which costs per argument)."""
+        rid, name, args, kwargs, session, flags, expect = self.codec.unpack(frame)
         job = _Job(rid, flags, asyncio.get_running_loop(), None)
-        return await self._execute(job, name, payload, session, expect)
+        return await self._execute(job, name, args, kwargs, session, expect)
 
     @ray.method(_generator_backpressure_num_objects=P.STREAM_WINDOW)
-    async def run_stream(self, rid: int, name: str, payload: bytes, session: Any, flags: int, expect: str | None) -> Any:
+    async def run_stream(self, frame: bytes) -> Any:
+        rid, name, args, kwargs, session, flags, expect = self.codec.unpack(frame)
         q: asyncio.Queue[tuple[bool, bytes]] = asyncio.Queue(maxsize=P.STREAM_WINDOW)
         job = _Job(rid, flags, asyncio.get_running_loop(), q)
 
         async def pump() -> None:
-            final = await self._execute(job, name, payload, session, expect)
+            final = await self._execute(job, name, args, kwargs, session, expect)
             await q.put((True, final))
 
         task = asyncio.ensure_future(pump())
@@ -201,7 +205,8 @@ class WorkerActor:
             asyncio.run_coroutine_threadsafe(job.q.put(item), job.loop).result()
 
     # -- running a handler -----------------------------------------------------------
-    async def _execute(self, job: _Job, name: str, payload: bytes, session: Any, expect: str | None) -> bytes:
+    async def _execute(self, job: _Job, name: str, args: list[Any], kwargs: dict[str, Any], session: Any,
+                       expect: str | None) -> bytes:
         """Run the call; the packed outcome ``[RESULT, value]`` or ``[ERROR, code, type, message, tb, detail]``."""
         if expect is not None and expect != self.incarnation:
             return self.codec.pack([P.ERROR, E_LOST, "SessionLost", "the session's worker was restarted", "", None])
@@ -210,7 +215,6 @@ class WorkerActor:
             return self.codec.pack([P.ERROR, P.E_NOT_FOUND, "HandlerNotFound", name, "", None])
         self.jobs[job.rid] = job
         try:
-            args, kwargs = self.codec.unpack(payload)
             state = {} if session is None else self.sessions.setdefault(session, {})
             ctx = Context(self, job.rid, session, state, job.flags)
             if spec.kind in ("async", "agen"):

@@ -71,18 +71,15 @@ class Caller:
     # -- submit ------------------------------------------------------------------------
     def submit(self, call: Call, rid: int, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool) -> None:
         try:
-            payload = self.codec.pack([list(args), kwargs])
+            frame = self.codec.pack([rid, call.name, list(args), kwargs, call.session, call.flags, call.expect])
         except P.FrameError as exc:
             raise ProtocolError(f"pool {self.name!r}: request not sendable: {exc}", pool=self.name) from None
-        if len(payload) > self.codec.max_frame:
-            raise ProtocolError(f"pool {self.name!r}: request of {len(payload)} bytes exceeds max_frame="
+        if len(frame) > self.codec.max_frame:
+            raise ProtocolError(f"pool {self.name!r}: request of {len(frame)} bytes exceeds max_frame="
                                 f"{self.codec.max_frame}", pool=self.name)
         assert call.slot is not None
-        actor = call.slot.actor
-        if stream:
-            call.ref = actor.run_stream.remote(rid, call.name, payload, call.session, call.flags, call.expect)
-        else:
-            call.ref = actor.run.remote(rid, call.name, payload, call.session, call.flags, call.expect)
+        method = call.slot.actor.run_stream if stream else call.slot.actor.run
+        call.ref = method.remote(frame)
 
     # -- wait: plain calls -----------------------------------------------------------
     def wait(self, call: Call) -> Any:
