@@ -1,8 +1,9 @@
-"""The embedded model (SmolLM2-135M via llama.cpp): startup, speed, and parse failures
+"""The embedded model (default Qwen2.5-Coder-0.5B via llama.cpp): startup, speed, and parse failures
 with and without dspex's grammar, side by side with DSPy 3.4.1 on the same server.
 
     python bench/bench_local.py                 # 35 prompts over 7 signatures
     python bench/bench_local.py --n 14 --no-dspy --out bench/results/local.md
+    python bench/bench_local.py --model smollm2-135m    # or qwen2.5-1.5b
 
 Rows (same prompts, same server, temperature 0, same max_tokens):
   dspex + grammar   ChatAdapter prompt, GBNF from gbnf_for(): one call per prompt
@@ -151,12 +152,14 @@ def _dspex_rows(
     }
 
 
-def _dspy_rows(url: str, prompts: list[tuple[str, bool, dict[str, str]]], max_tokens: int) -> dict[str, Any]:
+def _dspy_rows(
+    url: str, prompts: list[tuple[str, bool, dict[str, str]]], max_tokens: int, alias: str
+) -> dict[str, Any]:
     import dspy
     from dspy.utils.exceptions import AdapterParseError
 
     lm = dspy.LM(
-        "openai/smollm2-135m-instruct",
+        f"openai/{alias}",
         api_base=url,
         api_key="local",
         temperature=0.0,
@@ -224,6 +227,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--no-dspy", action="store_true", help="skip the DSPy 3.4.1 row")
     ap.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    ap.add_argument("--model", default=None, help="embedded model name (default: the default model)")
     args = ap.parse_args()
 
     from dspex.local import LocalModelService
@@ -233,7 +237,7 @@ def main() -> int:
     os.environ["DSPEX_LOCAL_STATE_DIR"] = state  # our own server, never a developer's
     os.environ.pop("DSPEX_LOCAL_BASE_URL", None)
     startups = []
-    svc = LocalModelService()
+    svc = LocalModelService(model_path=args.model)
     for _ in range(2):
         t0 = time.perf_counter()
         svc.ensure_running()
@@ -249,7 +253,7 @@ def main() -> int:
             f"prompt {speed['prompt_tok_s']:.0f} tok/s",
             flush=True,
         )
-        lm = LM("openai/smollm2-135m-instruct", api_base=url, temperature=0.0, grammar=True, num_retries=0)
+        lm = LM(f"openai/{svc.alias}", api_base=url, temperature=0.0, grammar=True, num_retries=0)
         prompts = _prompts(args.n)
         rows: list[tuple[str, dict[str, Any]]] = []
         print(f"{len(prompts)} prompts, max_tokens={args.max_tokens}", flush=True)
@@ -258,14 +262,14 @@ def main() -> int:
         rows.append(("dspex, no grammar", _dspex_rows(lm, prompts, args.max_tokens, grammar=False)))
         print("  dspex, no grammar done", flush=True)
         if not args.no_dspy:
-            rows.append(("DSPy 3.4.1 (Chat → JSON fallback)", _dspy_rows(url, prompts, args.max_tokens)))
+            rows.append(("DSPy 3.4.1 (Chat → JSON fallback)", _dspy_rows(url, prompts, args.max_tokens, svc.alias)))
             print("  DSPy done", flush=True)
     finally:
         svc.stop()
 
     base_fail = rows[1][1]["fails"] / rows[1][1]["n"]
     lines = [
-        f"Embedded model: SmolLM2-135M-Instruct Q4_1 via llama-cpp-python 0.3.36 server, "
+        f"Embedded model: {svc.alias} ({svc.model_path.name}) via llama-cpp-python 0.3.36 server, "
         f"{svc.n_threads} generation thread(s), {os.cpu_count()} cores (shared machine).",
         "",
         "| what | value |",

@@ -12,9 +12,12 @@ Systems (same server, same model, temperature 0, same questions):
           context = the main job's BM25 passages; grammar-constrained
   dspy    DSPy 3.4.1 dspy.ChainOfThought, same signature and context, in process (no
           grammar: what DSPy does on its own against the same server)
+  main-unoptimized   the main job with the synthesis state's MIPROv2 choices undone
+          (no demos, DSPy's default instructions): what the optimization bought
 Scores: right = the answer contains a gold fact; clean = no template echo ({answer},
 [[ ## ... ]]), no code (``` fences, def/import lines), no empty answer; the headline
-is right AND clean. Parse failures: the adapter could not read the reply (DSPy:
+is right AND clean; concise = also short or whole sentences (research_assistant.concise,
+the MIPROv2 metric's second half). Parse failures: the adapter could not read the reply (DSPy:
 AdapterParseError after its JSON fallback). Also printed: retrieval recall@k of
 BM25, hashing and the e5 neural embedder on these questions and on paraphrases.
 
@@ -24,10 +27,12 @@ The machine is shared: s/question depends on what else runs (load printed).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,12 +50,26 @@ _CODE = re.compile(r"```|^\s*(def |import |class |print\()", re.M)
 
 
 def judge(answer: Any, gold: list[str]) -> dict[str, bool]:
+    from research_assistant import concise
+
     text = "" if answer is None else str(answer)
     echo = bool(_ECHO.search(text))
     code = bool(_CODE.search(text))
     right = any(g.lower() in text.lower() for g in gold)
     clean = bool(text.strip()) and not echo and not code
-    return {"right": right, "clean": clean, "echo": echo, "code": code, "ok": right and clean}
+    return {"right": right, "clean": clean, "echo": echo, "code": code, "ok": right and clean,
+            "concise": right and clean and concise(text)}
+
+
+def unoptimized_program(shipped: Path, folder: Path) -> Path:
+    """The shipped synthesis state with MIPROv2's choices undone: no demos, DSPy's default instructions."""
+    state = json.loads(shipped.read_text())
+    for predictor in state.values():
+        predictor["demos"] = []
+        predictor["signature"]["instructions"] = "Given the fields `question`, `context`, produce the fields `answer`."
+    path = folder / "unoptimized_program.json"
+    path.write_text(json.dumps(state, indent=1))
+    return path
 
 
 def recall_table(k_values: tuple[int, ...] = (3, 5)) -> list[str]:
@@ -143,6 +162,7 @@ def summarize(name: str, questions: list[dict[str, Any]], results: list[tuple[An
         "system": name,
         "n": n,
         "ok": sum(v["ok"] for v in verdicts) / n,
+        "concise": sum(v["concise"] for v in verdicts) / n,
         "right": sum(v["right"] for v in verdicts) / n,
         "echo": sum(v["echo"] for v in verdicts),
         "code": sum(v["code"] for v in verdicts),
@@ -159,7 +179,8 @@ def summarize(name: str, questions: list[dict[str, Any]], results: list[tuple[An
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
-    p.add_argument("--systems", default="main,native,dspy", help="comma-separated: main,native,dspy")
+    p.add_argument("--systems", default="main,native,dspy",
+                   help="comma-separated: main, main-unoptimized (the main job without the MIPROv2 state), native, dspy")
     p.add_argument("--model", default=None, help="embedded model name (default: the default model)")
     p.add_argument("--program", type=Path, default=None, help="synthesis state for the main job")
     p.add_argument("--no-recall", action="store_true", help="skip the retrieval recall table")
@@ -188,22 +209,25 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             if name == "main":
                 res = run_main(questions, lm, program)
+            elif name == "main-unoptimized":
+                res = run_main(questions, lm, unoptimized_program(program, Path(tempfile.mkdtemp())))
             elif name == "native":
                 res = run_native(questions, lm)
             elif name == "dspy":
                 res = run_dspy(questions, url, svc.alias, ra.EMBEDDED_MAX_TOKENS)
             else:
-                raise SystemExit(f"unknown system {name!r}: use main, native, dspy")
+                raise SystemExit(f"unknown system {name!r}: use main, main-unoptimized, native, dspy")
             rows.append(summarize(name, questions, res))
             print(f"  {name}: {time.monotonic() - t:.0f} s", flush=True)
     finally:
         dspex.pool.manager().close_all()
         svc.stop()
     print(f"\nload average after: {os.getloadavg()[0]:.1f}\n")
-    print("| system | right & clean | right | template echoes | code in text | parse failures | s/question (mean, p50) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| system | right & clean | right | right, clean & concise | template echoes | code in text | "
+          "parse failures | s/question (mean, p50) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['system']} | {r['ok']:.0%} | {r['right']:.0%} | {r['echo']} | {r['code']} | "
+        print(f"| {r['system']} | {r['ok']:.0%} | {r['right']:.0%} | {r['concise']:.0%} | {r['echo']} | {r['code']} | "
               f"{r['parse_failures']} | {r['s_per_q']:.1f}, {r['s_p50']:.1f} |")
     if len(rows) > 1:
         base = rows[-1]

@@ -46,12 +46,14 @@ TRAIN = [  # questions about the shipped corpus, with the word a good answer con
     {"question": "Which planet is known as the Red Planet?", "answer": "Mars"},
     {"question": "How many known moons does Uranus have?", "answer": "28"},
     {"question": "Which spacecraft mapped almost all of Venus with radar?", "answer": "Magellan"},
+    {"question": "Which moon of Jupiter has an icy crust over a global ocean?", "answer": "Europa"},
+    {"question": "How many Earth years does Saturn take to orbit the Sun?", "answer": "29.5"},
 ]
-# MIPROv2 kept small: 3 instruction / demo candidates, 5 trials over 3 validation questions.
-# The proposer sees neither the program's source nor a dataset summary: both make prompts
-# longer than the embedded model's 2048-token context and add calls without changing the plumbing.
+# MIPROv2 kept small: 4 instruction / demo candidates, 8 trials over the validation questions.
+# The proposer sees neither the program's source nor a dataset summary: both add long prompts
+# and calls on a CPU-bound model without changing the plumbing.
 MIPRO_OPTIONS: dict[str, Any] = dict(
-    auto=None, num_candidates=3, num_trials=5, seed=7, max_bootstrapped_demos=1, max_labeled_demos=1, minibatch=False,
+    auto=None, num_candidates=4, num_trials=8, seed=7, max_bootstrapped_demos=1, max_labeled_demos=1, minibatch=False,
     program_aware_proposer=False, data_aware_proposer=False,
 )
 _bm25 = BM25.from_path("solar_system")
@@ -73,8 +75,18 @@ def to_markdown(question: str, answer: str, context: list[str]) -> str:
     return f"## {question}\n\n{answer}\n\n**Sources**\n{sources}\n"
 
 
+def concise(answer: str) -> bool:
+    """A short answer, or one or two whole sentences (not text cut off at the length cap)."""
+    words = answer.split()
+    return len(words) <= 8 or (len(words) <= 40 and answer.rstrip().endswith((".", "!", "?", ")")))
+
+
 def answer_match(example: Any, prediction: Any) -> float:
-    return float(example["answer"].lower() in str(prediction["answer"]).lower())
+    """1 for the fact in a concise answer, 0.5 for the fact in a rambling one, else 0."""
+    answer = str(prediction["answer"])
+    if example["answer"].lower() not in answer.lower():
+        return 0.0
+    return 1.0 if concise(answer) else 0.5
 
 
 def write_atomically(path: Path, text: str) -> None:
