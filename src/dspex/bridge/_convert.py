@@ -17,15 +17,14 @@ from __future__ import annotations
 import enum
 import importlib
 import json
-import threading
-from collections import OrderedDict
 from typing import Any
+
+from ..native._memo import Memo
 
 __all__ = ["build_signature", "import_object", "prediction_to_dict", "to_plain"]
 
 _SIG_CACHE_SIZE = 256
-_sig_cache: OrderedDict[str, Any] = OrderedDict()
-_sig_lock = threading.Lock()
+_sig_cache: Memo[Any] = Memo(_SIG_CACHE_SIZE)
 
 
 def import_object(path: str) -> Any:
@@ -65,17 +64,7 @@ def _make_signature(wire: Any) -> Any:
 def build_signature(wire: Any) -> Any:
     """A DSPy signature class from a wire form (cached; signatures are immutable)."""
     key = wire if isinstance(wire, str) else json.dumps(wire, sort_keys=True, default=str)
-    with _sig_lock:
-        sig = _sig_cache.get(key)
-        if sig is not None:
-            _sig_cache.move_to_end(key)
-            return sig
-    sig = _make_signature(wire)
-    with _sig_lock:
-        _sig_cache[key] = sig
-        while len(_sig_cache) > _SIG_CACHE_SIZE:
-            _sig_cache.popitem(last=False)
-    return sig
+    return _sig_cache.get(key, lambda: _make_signature(wire))
 
 
 def to_plain(value: Any, _depth: int = 0) -> Any:

@@ -31,18 +31,17 @@ import dataclasses
 import json
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from .._prompt_fields import message_text, output_field_types, requested_fields
+from ..native._memo import Memo
 
 __all__ = ["LMSpecError", "build_lm", "grammar_for_messages", "spec_key"]
 
 _CACHE_SIZE = 32
-_cache: OrderedDict[str, Any] = OrderedDict()
-_lock = threading.Lock()
+_cache: Memo[Any] = Memo(_CACHE_SIZE)
 
 # Spec keys that are dspex-side concerns (or secrets that must not travel) and are
 # not passed to dspy.LM.
@@ -263,18 +262,7 @@ def build_lm(spec: dict[str, Any] | str | None) -> Any:
         spec = {"model": spec}
     if not isinstance(spec, dict):
         raise LMSpecError(f"an LM spec is a dict or a model string, not {type(spec).__name__}")
-    key = spec_key(spec)
-    with _lock:
-        lm = _cache.get(key)
-        if lm is not None:
-            _cache.move_to_end(key)
-            return lm
-    lm = _build(spec)
     # DummyLMs with scripted answers are stateful (an iterator): never share them.
     if spec.get("kind") == "dummy" and not spec.get("always"):
-        return lm
-    with _lock:
-        _cache[key] = lm
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return lm
+        return _build(spec)
+    return _cache.get(spec_key(spec), lambda: _build(spec))

@@ -17,11 +17,12 @@ import math
 import re
 import threading
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..native._memo import Memo
 
 __all__ = ["HashEmbedder", "embed_search", "make_embedder"]
 
@@ -110,8 +111,9 @@ def make_embedder(kind: str, corpus: list[str]) -> Any:
     raise ValueError(f"unknown embedder {kind!r}: use 'hash' (default), 'e5', 'auto' or 'minilm'")
 
 
-_indexes: OrderedDict[str, tuple[Any, list[Any]]] = OrderedDict()
-_lock = threading.Lock()
+_indexes: Memo[tuple[Any, list[Any]]] = Memo(4)
+_build_lock = threading.Lock()
+_lock = threading.Lock()  # searches: Embeddings.k is an attribute of the shared index
 
 
 def _corpus(corpus: Any) -> tuple[str, list[str], list[Any]]:
@@ -133,19 +135,19 @@ def _index(corpus: Any, embedder: str) -> tuple[Any, list[Any]]:
 
     key, texts, pids = _corpus(corpus)
     key = f"{embedder}|{key}"
-    with _lock:
-        hit = _indexes.get(key)
-        if hit is not None:
-            _indexes.move_to_end(key)
-            return hit
+    hit = _indexes.peek(key)
+    if hit is not None:
+        return hit
+
+    def build() -> tuple[Any, list[Any]]:
         embed = make_embedder(embedder, texts)
         index = Embeddings(corpus=texts, embedder=embed, k=5)
         if hasattr(embed, "for_queries"):  # E5: passages indexed, queries embedded with their prefix
             index.embedder = embed.for_queries()
-        _indexes[key] = (index, pids)
-        while len(_indexes) > 4:
-            _indexes.popitem(last=False)
         return index, pids
+
+    with _build_lock:  # one build at a time: embedding a corpus is the expensive part
+        return _indexes.get(key, build)
 
 
 def embed_search(query: str | list[str], k: int = 5, *, corpus: Any = "solar_system", embedder: str = "hash") -> Any:
