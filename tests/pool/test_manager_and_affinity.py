@@ -171,12 +171,16 @@ def test_hint_without_a_bound_spills_at_once() -> None:
         assert p.call_detailed("pid", session="s").pid != home
 
 
-def test_hint_call_waiting_for_a_worker_that_dies_runs_elsewhere() -> None:
-    with Pool("hintdie", 2, handlers=[H], affinity="hint", hint_wait_s=600, forward_stderr=False) as p:
+def test_hint_call_waiting_for_a_worker_that_dies_runs_elsewhere(tmp_path: Path) -> None:
+    fault_handlers = str(Path(__file__).with_name("_fault_handlers.py"))
+    with Pool("hintdie", 2, handlers=[H, fault_handlers], affinity="hint", hint_wait_s=600, forward_stderr=False) as p:
         p.call("state_set", "k", "v", session="s")
         home = p.call_detailed("pid", session="s").pid
-        t1, r1 = _bg(p.call, "hang", 600, session="s")
-        assert busy_pid(p) == home
+        marker = tmp_path / "running"
+        t1, r1 = _bg(p.call, "wait_file", str(marker), str(tmp_path / "never"), 600.0, session="s")
+        # running, not only sent: a call the worker never read would be re-dispatched
+        wait_for(marker.exists, what="the call to run")
+        assert int(marker.read_text()) == home
         t2, r2 = _bg(p.call_detailed, "state_get", "k", session="s")
         wait_for(lambda: p.stats()["queue_depth"] == 1, what="the hint call waiting for its worker")
         os.kill(home, signal.SIGKILL)

@@ -34,11 +34,15 @@ from .util import bg as _bg
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_kill9_busy_worker_fails_only_its_call_and_queued_calls_complete() -> None:
-    with Pool("crash", 1, handlers=[H], forward_stderr=False) as p:
+def test_kill9_busy_worker_fails_only_its_call_and_queued_calls_complete(tmp_path: Path) -> None:
+    fault_handlers = str(Path(__file__).with_name("_fault_handlers.py"))
+    with Pool("crash", 1, handlers=[H, fault_handlers], forward_stderr=False) as p:
         assert p.call("echo", 0) == 0
-        t, out = _bg(p.call, "sleep", 30)
-        pid = busy_pid(p)
+        marker = tmp_path / "running"
+        t, out = _bg(p.call, "wait_file", str(marker), str(tmp_path / "never"), 60.0)
+        # running, not only sent: a call the worker never read would be re-dispatched
+        wait_for(marker.exists, what="the call to run")
+        pid = int(marker.read_text())
         queued = [_bg(p.call, "echo", i) for i in range(5)]
         wait_for(lambda: p.stats()["queue_depth"] == 5, what="5 queued calls")
         os.kill(pid, signal.SIGKILL)

@@ -64,6 +64,7 @@ class _Call:
         "t0",
         "value",
         "worker",
+        "written",
     )
 
     rid: int
@@ -94,6 +95,7 @@ class _Call:
         self.lock: Any = None
         self.strict = False
         self.spill_at: float | None = None  # hint affinity: waits for its worker until then
+        self.written = False  # its whole frame reached the worker's socket (see _finalize)
 
 
 class _Event:

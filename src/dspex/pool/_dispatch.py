@@ -21,6 +21,8 @@ class _Dispatch(_PoolState):
     """Which worker runs a call, and when. Runs on caller threads and the I/O thread."""
 
     def _eligible(self, w: _Worker, call: _Call) -> bool:
+        if w.full:  # reached max_requests / max_rss_mb: it only finishes what it has
+            return False
         if call.serial:
             if call.short:
                 return w.n_long == 0 and w.n_serial < self.pipeline_depth
@@ -87,12 +89,21 @@ class _Dispatch(_PoolState):
                 pool=self.name,
                 queue_depth=self._n_queued,
             )
+        if self._n_queued and self._q_bytes + len(call.frame) > self.queue_max_bytes:
+            self._counts["overloaded"] += 1
+            raise PoolOverloaded(
+                f"pool {self.name!r}: {self._n_queued} queued calls already hold {self._q_bytes:,} bytes of "
+                f"requests (queue_max_bytes={self.queue_max_bytes:,}); retry later, add workers, send smaller "
+                "requests, or raise queue_max_bytes",
+                pool=self.name,
+                queue_depth=self._n_queued,
+            )
         call.state = _QUEUED
         if w is not None:
             w.strict_q.append(call)
         else:
             self._queue.append(call)
-        self._n_queued += 1
+        self._queued(call)
 
     def _assign(self, w: _Worker, call: _Call) -> None:
         """Account the call to ``w``. Pool lock held; the caller sends it."""
@@ -106,6 +117,8 @@ class _Dispatch(_PoolState):
             w.n_conc += 1
         w.requests += 1
         self._counts["calls"] += 1
+        if self.max_requests is not None and w.requests >= self.max_requests:
+            w.full = True  # counting calls in flight: the limit holds at dispatch time
         if call.session is not None and self.affinity != "none":
             s = self._sessions.get(call.session)
             if s is not None:
@@ -149,7 +162,7 @@ class _Dispatch(_PoolState):
                 continue
             while w.strict_q and self._eligible(w, w.strict_q[0]):
                 call = w.strict_q.popleft()
-                self._n_queued -= 1
+                self._unqueued(call)
                 self._assign(w, call)
                 out.append((w, call))
         while self._queue:
@@ -165,7 +178,7 @@ class _Dispatch(_PoolState):
             if w2 is None:
                 break
             self._queue.popleft()
-            self._n_queued -= 1
+            self._unqueued(call)
             if call.session is not None and self.affinity == "hint":
                 self._sessions.touch(call.session, [])
             self._assign(w2, call)
@@ -176,8 +189,9 @@ class _Dispatch(_PoolState):
             if not self._send_call(w, call):
                 with self._lock:
                     call.state = _QUEUED
+                    call.worker = None
                     self._queue.appendleft(call)
-                    self._n_queued += 1
+                    self._queued(call)
         for w in {w for w, _ in out}:
             self._arm(w)  # their callers wait on the I/O thread
 
@@ -194,11 +208,11 @@ class _Dispatch(_PoolState):
             if call.state == _QUEUED:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(call)
-                    self._n_queued -= 1
+                    self._unqueued(call)
                 for w in self._workers:
                     if call in w.strict_q:
                         w.strict_q.remove(call)
-                        self._n_queued -= 1
+                        self._unqueued(call)
                 call.abandoned = True
                 if not timed_out:
                     self._counts["cancelled"] += 1

@@ -20,6 +20,7 @@ replaces it instead of routing to a worker that cannot run async calls.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import resource
@@ -30,6 +31,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from dspex.pool import protocol as P
@@ -147,6 +149,8 @@ class WorkerRuntime:
         self.serial_alock: asyncio.Lock | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.stopping = False
+        self.dying = False  # the event loop died: the loop thread ends the process
+        self.stop_watch: Callable[[], None] | None = None  # the host watcher (see run_worker)
         self.credit: dict[int, int] = {}  # streaming rid -> chunks it may still send
         self.credit_cond = threading.Condition()
         self.credit_events: dict[int, Any] = {}  # rid -> asyncio.Event (async streams)
@@ -240,9 +244,15 @@ class WorkerRuntime:
     def _read_one_batch(self) -> None:
         msgs = self.read_blocking()
         if msgs is None:
-            _exit(0)  # host gone
+            self.eof()
         for m in msgs:
             self.handle(m)
+
+    def eof(self) -> NoReturn:
+        """The connection ended: the host is gone, or we shut it (dying)."""
+        if self.dying:
+            time.sleep(10)  # the dying thread is answering its calls; it ends the process
+        _exit(0)
 
     def poll(self) -> None:
         """Read whatever has arrived without blocking."""
@@ -252,7 +262,7 @@ class WorkerRuntime:
             except (BlockingIOError, InterruptedError):
                 return
             if msgs is None:
-                _exit(0)  # host gone
+                self.eof()
             for m in msgs:
                 self.handle(m)
 
@@ -514,7 +524,14 @@ class WorkerRuntime:
             self.loop.run_forever()
         except BaseException as exc:
             # Only a handler's own loop callback gets here (tasks answer their errors).
-            # A worker without a loop must not look ready: answer its calls, then exit.
+            # A worker without a loop must not look ready: refuse new frames first (the
+            # host's next writes fail with EPIPE, so those calls provably never started
+            # and are re-dispatched), answer the calls it had, then exit.
+            self.dying = True
+            if self.stop_watch is not None:
+                self.stop_watch()  # it would take our own shutdown for the host's hang-up
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)
             for rid in list(self.tasks):
                 self.send_error(rid, exc)
             sys.stderr.write(f"dspex worker {os.getpid()}: event loop stopped by {_type_name(exc)}; exiting\n")
@@ -598,23 +615,31 @@ def _apply_mem_cap(max_mem_mb: Any) -> None:
 
 
 def run_worker(
-    sock_fd: int, cfg: dict[str, Any], handlers: dict[str, HandlerSpec], info: dict[str, Any], watched: bool = False
+    sock_fd: int,
+    cfg: dict[str, Any],
+    handlers: dict[str, HandlerSpec],
+    info: dict[str, Any],
+    stop_watch: Callable[[], None] | None = None,
 ) -> None:
+    """Serve the host on ``sock_fd`` (``stop_watch``: the host watcher already running)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the host's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if not watched:
-        watch_host(int(cfg["host_pid"]), sock_fd, kill_descendants)
+    if stop_watch is None:
+        stop_watch = watch_host(int(cfg["host_pid"]), sock_fd, kill_descendants)
     os.set_inheritable(sock_fd, False)  # a handler's forked children must not keep it open
     sock = socket.socket(fileno=sock_fd)
     sock.setblocking(True)
     _apply_mem_cap(cfg.get("max_mem_mb"))
     codec = P.Codec(bool(cfg.get("allow_pickle")), int(cfg.get("max_frame", P.DEFAULT_MAX_FRAME)))
     runtime = WorkerRuntime(sock, codec, handlers, cfg.get("max_rss_mb"))
+    runtime.stop_watch = stop_watch
     try:
         runtime.serve({**info, "pid": os.getpid()})
     except (BrokenPipeError, ConnectionResetError):
         pass
     finally:
+        if runtime.dying:
+            runtime.eof()
         _exit(0)

@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from dspex.pool.sessions import Session
 
 
+# Queued calls hold their encoded request: bound the bytes, not only the count (a call
+# is always admitted to an empty queue, so one request up to max_frame still runs).
+DEFAULT_QUEUE_MAX_BYTES = 128 * 1024 * 1024
+
+
 def _resolve_python(python: str | os.PathLike[str] | None) -> str:
     """An interpreter path; a virtualenv directory means its bin/python."""
     if python is None:
@@ -87,6 +92,8 @@ class _PoolState:
         hint_wait_s: float = 0.05,
         backoff_base_s: float = 0.1,
         backoff_max_s: float = 10.0,
+        queue_max_bytes: int = DEFAULT_QUEUE_MAX_BYTES,
+        max_mem_mb: float | None = None,
     ) -> None:
         if size < 1:
             raise ConfigError(f"pool {name!r}: size must be >= 1, got {size}")
@@ -104,6 +111,10 @@ class _PoolState:
         self.max_age_s = max_age_s
         self.max_rss_mb = max_rss_mb
         self.queue_limit = int(queue_limit)
+        if int(queue_max_bytes) < 1:
+            raise ConfigError(f"pool {name!r}: queue_max_bytes must be >= 1, got {queue_max_bytes}")
+        self.queue_max_bytes = int(queue_max_bytes)
+        self.max_mem_mb = max_mem_mb
         self.call_timeout_s = call_timeout_s
         self.affinity = affinity
         self.callbacks = dict(callbacks or {})
@@ -131,6 +142,7 @@ class _PoolState:
         self._by_token: dict[int, _Worker] = {}
         self._queue: deque[_Call] = deque()
         self._n_queued = 0  # general + strict queues
+        self._q_bytes = 0  # their request frames' bytes (queue_max_bytes)
         self._sessions = SessionStore(max_sessions, session_ttl_s)
         self._handler_table: dict[str, list[Any]] = {}
         self._ewma: dict[str, float] = {}
@@ -176,6 +188,16 @@ class _PoolState:
         self._last_slow_tick = 0.0
         self._next_spill = float("inf")  # earliest spill_at of a hint call waiting for its worker
 
+    def _queued(self, call: _Call) -> None:
+        """Count a call into the queues (general or a worker's). Lock held."""
+        self._n_queued += 1
+        self._q_bytes += len(call.frame)
+
+    def _unqueued(self, call: _Call) -> None:
+        """Count a call out of the queues. Lock held."""
+        self._n_queued -= 1
+        self._q_bytes -= len(call.frame)
+
     if TYPE_CHECKING:  # what each part offers the others (defined in the modules named)
         # pool.py
         def start(self) -> _PoolState: ...
@@ -203,6 +225,7 @@ class _PoolState:
         # _supervisor.py
         def _on_ready(self, w: _Worker, m: list[Any]) -> None: ...
         def _on_eof(self, w: _Worker) -> None: ...
+        def _on_limit(self, w: _Worker, what: str) -> None: ...
         def _protocol_error(self, w: _Worker, message: str) -> None: ...
         def _retire(self, w: _Worker, reason: str) -> None: ...
         def _kill(self, w: _Worker, reason: str) -> None: ...

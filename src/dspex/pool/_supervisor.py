@@ -7,6 +7,7 @@ recycling by age / RSS, overstayed cancellations, session expiry)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -44,6 +45,14 @@ def _signal_name(sig: int | None) -> str:
 
 def _tail(buf: bytearray, n: int = 4000) -> str:
     return bytes(buf[-n:]).decode("utf-8", "replace")
+
+
+def _reset_pending(w: _Worker) -> bool:
+    """ECONNRESET waiting on ``w``'s socket: the worker closed with bytes of ours unread."""
+    try:
+        return w.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNRESET
+    except OSError:
+        return False
 
 
 def _read_rss_kb(pid: int) -> int:
@@ -118,6 +127,12 @@ class _Supervisor(_PoolState):
                 self._zkill(w.pid, signal.SIGKILL)  # a worker that hung up is finished
             self._wake_sup.set()
 
+    def _on_limit(self, w: _Worker, what: str) -> None:
+        """The worker passed ``what`` (max_rss_mb): no new calls; replace it (I/O thread)."""
+        with self._lock:
+            w.full = True
+            self._retire(w, what)
+
     def _protocol_error(self, w: _Worker, message: str) -> None:
         with self._lock:
             if w.proto_error:
@@ -165,7 +180,19 @@ class _Supervisor(_PoolState):
         self._wake_sup.set()
 
     def _finalize(self, w: _Worker, why: str) -> None:
-        """``w`` is gone: fail its running calls, re-queue the ones it had not started."""
+        """``w`` is gone: fail the calls it may have started, re-dispatch the others.
+
+        A call provably never started (re-queued; handlers need not be idempotent, so
+        nothing else is retried) when, in the worker's wire order:
+        * its frame was not completely written to the socket (EPIPE: the worker was
+          already gone; or still, partly, in our send buffer), or
+        * its frame was the last thing written and the worker closed its end with bytes
+          of ours unread (the kernel reports ECONNRESET): so that frame was not read
+          whole and cannot have been parsed, or
+        * it is a serial call behind another serial call that had not finished (a
+          worker runs those one at a time in arrival order).
+        Everything else may have started and fails with WorkerCrashed.
+        """
         fail: list[tuple[_Call, BaseException]] = []
         out: list[tuple[_Worker, _Call]] = []
         with self._lock:
@@ -211,7 +238,8 @@ class _Supervisor(_PoolState):
             self._unwait_hints(w, None)  # hint calls waiting for it go elsewhere
             lost = list(w.strict_q)
             w.strict_q.clear()
-            self._n_queued -= len(lost)
+            for call in lost:
+                self._unqueued(call)
             for call in lost:
                 fail.append(
                     (
@@ -227,10 +255,11 @@ class _Supervisor(_PoolState):
                 )
             head_seen = False
             requeue: list[_Call] = []
+            unread = w.last if (w.reset or _reset_pending(w)) else None
             for call in calls:
                 if call.abandoned:
                     continue
-                started = not call.serial or not head_seen
+                started = call.written and call is not unread and (not call.serial or not head_seen)
                 if call.serial:
                     head_seen = True
                 if not started and not self._closed:
@@ -276,8 +305,9 @@ class _Supervisor(_PoolState):
             for call in reversed(requeue):
                 call.state = _QUEUED
                 call.worker = None
+                call.written = False
                 self._queue.appendleft(call)
-                self._n_queued += 1
+                self._queued(call)
                 self._counts["requeued"] += 1
             self._counts["errors"] += len(fail)
             self._pump(out)
@@ -305,7 +335,8 @@ class _Supervisor(_PoolState):
         if not any(w.state in (READY, RETIRING) for w in self._workers):
             queued = list(self._queue)
             self._queue.clear()
-            self._n_queued -= len(queued)
+            for call in queued:
+                self._unqueued(call)
             for call in queued:
                 _finish(call, False, err, 0)  # takes no lock: safe here
 
@@ -352,6 +383,12 @@ class _Supervisor(_PoolState):
         with self._lock:
             active = 0
             for w in self._workers:
+                if w.state in (READY, RETIRING) and self.max_rss_mb is not None and w.pid and not w.full:
+                    # every pass (<= 50 ms), besides the worker's own check after each call
+                    w.rss_kb = _read_rss_kb(w.pid)
+                    if w.rss_kb / 1024 >= self.max_rss_mb:
+                        w.full = True
+                        self._retire(w, "max_rss_mb")
                 if w.state in (STARTING, READY):
                     active += 1
                 if w.state == STARTING and now - w.spawned_at > self.start_timeout_s:
@@ -360,11 +397,6 @@ class _Supervisor(_PoolState):
                     if self.max_age_s is not None and now - w.ready_at >= self.max_age_s:
                         self._retire(w, "max_age_s")
                         active -= 1
-                    elif self.max_rss_mb is not None and w.pid:
-                        w.rss_kb = _read_rss_kb(w.pid)
-                        if w.rss_kb / 1024 >= self.max_rss_mb:
-                            self._retire(w, "max_rss_mb")
-                            active -= 1
                 elif w.state == DRAINING and not w.inflight and not (w.n_serial or w.n_conc):
                     # (the counters also cover a call routed here but not yet written)
                     w.state = STOPPING

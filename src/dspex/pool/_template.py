@@ -54,6 +54,8 @@ class _Template(_PoolState):
             "ctl_fd": ctl_child.fileno(),
             "allow_pickle": self.allow_pickle,
             "max_frame": self.max_frame,
+            "max_rss_mb": self.max_rss_mb,
+            "max_mem_mb": self.max_mem_mb,
             "start_method": self.start_method,
             "dspex_dir": _DSPEX_DIR,
             "main_file": _main_file(),

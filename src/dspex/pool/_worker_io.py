@@ -48,9 +48,11 @@ class _Worker:
         "err_tail",
         "exit",
         "fd",
+        "full",
         "inflight",
         "info",
         "kill_reason",
+        "last",
         "n_conc",
         "n_long",
         "n_serial",
@@ -61,6 +63,7 @@ class _Worker:
         "reader",
         "ready_at",
         "requests",
+        "reset",
         "rlock",
         "rss_kb",
         "send_lock",
@@ -95,6 +98,11 @@ class _Worker:
         self.eof = False
         self.proto_error: str | None = None
         self.kill_reason: str | None = None
+        self.full = False  # reached max_requests / max_rss_mb: no new calls
+        # Re-dispatch proof (see _Supervisor._finalize): the call whose frame was the last
+        # thing written, and whether the worker closed with bytes of ours unread (ECONNRESET)
+        self.last: Any = None
+        self.reset = False
         self.rss_kb = 0
         self.info: dict[str, Any] = {}
         self.strict_q: deque[_Call] = deque()
@@ -118,22 +126,29 @@ class _WorkerIO(_PoolState):
             if w.state == DEAD:
                 return False
             w.inflight[call.rid] = call  # same lock as the write: table order == wire order
-            self._write_locked(w, call.frame)
+            self._write_locked(w, call.frame, call)
         return True
 
-    def _write_locked(self, w: _Worker, data: bytes | memoryview) -> None:
+    def _write_locked(self, w: _Worker, data: bytes | memoryview, call: _Call | None = None) -> None:
+        """Write (or buffer) one frame; ``call.written`` once all of a call's frame is out."""
+        w.last = call
         if w.outbuf:
-            w.outbuf.append(data)
+            w.outbuf.append((data, call))
             return
         try:
             n = w.sock.send(data, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             n = 0
-        except OSError:
-            return  # dead; the I/O thread finalizes it
+        except OSError as exc:
+            # dead (EPIPE: nothing of this frame was delivered); the I/O thread finalizes it
+            if isinstance(exc, ConnectionResetError):
+                w.reset = True
+            return
         if n < len(data):
-            w.outbuf.append(memoryview(data)[n:])
+            w.outbuf.append((memoryview(data)[n:], call))
             self._arm_locked(w)
+        elif call is not None:
+            call.written = True
 
     def _arm_locked(self, w: _Worker, want_in: bool = True) -> None:
         """(Re)arm the one-shot epoll registration. Worker send lock held.
@@ -214,18 +229,22 @@ class _WorkerIO(_PoolState):
     def _flush(self, w: _Worker) -> None:
         with w.send_lock:
             while w.outbuf:
-                data = w.outbuf[0]
+                data, call = w.outbuf[0]
                 try:
                     n = w.sock.send(data, _DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     return
-                except OSError:
+                except OSError as exc:
+                    if isinstance(exc, ConnectionResetError):
+                        w.reset = True
                     w.outbuf.clear()
                     break
                 if n < len(data):
-                    w.outbuf[0] = memoryview(data)[n:]
+                    w.outbuf[0] = (memoryview(data)[n:], call)
                     return
                 w.outbuf.popleft()
+                if call is not None:
+                    call.written = True
 
     def _lead(self, w: _Worker, call: _Call) -> None:
         """Read ``w``'s socket on this thread until our call is done (rlock held).
@@ -255,7 +274,9 @@ class _WorkerIO(_PoolState):
         except P.FrameError as exc:
             self._protocol_error(w, str(exc))
             return
-        except OSError:
+        except OSError as exc:
+            if isinstance(exc, ConnectionResetError):
+                w.reset = True  # it closed with bytes of ours unread
             msgs = None
         if msgs is None:
             self._on_eof(w)
@@ -289,6 +310,8 @@ class _WorkerIO(_PoolState):
                     self._on_callback(w, m)
                 elif kind == P.READY:
                     self._on_ready(w, m)
+                elif kind == P.LIMIT:
+                    self._on_limit(w, str(m[1]))
                 else:
                     raise P.FrameError(f"unexpected message kind {kind}")
             except (IndexError, TypeError, ValueError, P.FrameError) as exc:

@@ -304,7 +304,7 @@ def spawned_worker(cfg: dict[str, Any]) -> None:
     if zpid is not None and os.getppid() != int(zpid):
         os._exit(1)
     sock_fd = int(cfg.get("sock_fd", 3))
-    watch_host(int(cfg["host_pid"]), sock_fd, kill_descendants)  # before the (slow) imports
+    stop_watch = watch_host(int(cfg["host_pid"]), sock_fd, kill_descendants)  # before the (slow) imports
     load_modules(list(cfg.get("preload", [])))
     load_modules(list(cfg.get("handlers", [])))
     handlers = registry()
@@ -314,4 +314,4 @@ def spawned_worker(cfg: dict[str, Any]) -> None:
         "handlers": _handler_table(handlers),
         "mode": "spawn",
     }
-    run_worker(sock_fd, cfg, handlers, info, watched=True)
+    run_worker(sock_fd, cfg, handlers, info, stop_watch)

@@ -141,6 +141,7 @@ class Pool(PoolFacade, _CallerSide, _Dispatch, _WorkerIO, _Supervisor, _Template
                 queued.extend(w.strict_q)
                 w.strict_q.clear()
             self._n_queued = 0
+            self._q_bytes = 0
             workers = list(self._workers)
             self._ready_cond.notify_all()
         for call in queued:
@@ -375,6 +376,8 @@ class Pool(PoolFacade, _CallerSide, _Dispatch, _WorkerIO, _Supervisor, _Template
                 "affinity": self.affinity,
                 "queue_depth": self._n_queued,
                 "queue_limit": self.queue_limit,
+                "queue_bytes": self._q_bytes,
+                "queue_max_bytes": self.queue_max_bytes,
                 "in_flight": sum(len(w.inflight) for w in self._workers),
                 **self._counts,
                 "sessions": len(self._sessions),
