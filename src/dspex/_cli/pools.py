@@ -58,7 +58,7 @@ def row(name: str, config: Mapping[str, Any], stats: Mapping[str, Any] | None) -
 
 def _manager_stats(names: list[str]) -> dict[str, Any]:
     """Stats of pools already running in this process (none unless something started them)."""
-    module = sys.modules.get("dspex.pool.manager")
+    module = sys.modules.get("dspex.pool._manager")
     if module is None:  # nothing imported the pool layer: nothing is running; stay light
         return {}
     try:

@@ -15,7 +15,7 @@ Modules. Host side (``Pool`` is one class assembled from the ``_`` parts):
   _worker_io.py   ``_Worker`` connections, frame writes, the I/O thread, the read fast path
   _supervisor.py  worker lifecycle: spawn, handshake, crash/recycle, restart backoff
   _template.py    the template (zygote) process that forks workers, from the host's side
-  manager.py      ``PoolManager``: named pools from config, the default manager
+  _manager.py     ``PoolManager``: named pools from config, the default ``manager()``
   sessions.py     the session store (worker binding, cap, TTL); stats.py: latency quantiles
   backend.py      ``PoolBackend``: the interface both backends offer; ``backend =`` in config
   _ray/           ``RayPool``: the same interface on Ray actors (``backend = "ray"``)
@@ -41,9 +41,9 @@ __all__ = [
 _LAZY = {
     "Pool": ".pool",
     "CallResult": ".pool",
-    "PoolManager": ".manager",
-    "manager": ".manager",
-    "set_default_manager": ".manager",
+    "PoolManager": "._manager",
+    "manager": "._manager",
+    "set_default_manager": "._manager",
     "PoolBackend": ".backend",
     "RayPool": "._ray",  # imports Ray: only when asked for
 }
@@ -59,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._manager import PoolManager, manager, set_default_manager
     from ._ray import RayPool
     from .backend import PoolBackend
-    from .manager import PoolManager, manager, set_default_manager
     from .pool import CallResult, Pool

@@ -102,7 +102,7 @@ class Service:
     PoolManager over the project's pools plus ``[serve.pools]``, owned and closed here."""
 
     def __init__(self, cfg: ServeConfig, *, lm: Any = None, manager: Any = None):
-        from ..pool.manager import PoolManager
+        from ..pool import PoolManager
         from ..settings import load_config
 
         self.cfg = cfg

@@ -1,11 +1,14 @@
-"""Named pools built from configuration, started lazily, closed at exit."""
+"""Named pools built from configuration, started lazily, closed at exit.
+
+Private module (``_manager``): its public names are ``dspex.pool.PoolManager``,
+``dspex.pool.manager()`` and ``dspex.pool.set_default_manager()``; a module named
+``manager`` would be rebound over the function ``manager`` (docs/internals.md).
+"""
 
 from __future__ import annotations
 
 import atexit
-import sys
 import threading
-import types
 from typing import Any
 
 from dspex.errors import ConfigError
@@ -184,15 +187,3 @@ def set_default_manager(mgr: PoolManager | None, *, replace: bool = True) -> Poo
         if replace or _default is None:
             _default = mgr
         return _default
-
-
-class _CallableModule(types.ModuleType):
-    """``dspex.pool.manager`` names both this module and the function ``manager()``;
-    importing the submodule rebinds the package attribute to the module, so the
-    module itself is callable and does what the function does."""
-
-    def __call__(self) -> PoolManager:
-        return manager()
-
-
-sys.modules[__name__].__class__ = _CallableModule
