@@ -191,6 +191,8 @@ def test_crash_is_worker_crashed_and_ray_restarts_it(ray_cluster) -> None:
             # Its state died with it: the strict session is lost, not silently empty.
             with pytest.raises(SessionLost, match="strict session"):
                 p.call("state_get", "k", session=s)
+        # With its only worker down, a call waits for Ray's restart (within its deadline).
+        assert p.call_detailed("echo", "waited", timeout=60).value == "waited"
         wait_until(lambda: p.workers() and p.workers()[0] != pid, 60, "Ray to restart the actor")
         assert p.call("echo", "back") == "back"
         assert p.stats()["crashes"] >= 1 and p.stats()["restarts"] >= 1

@@ -203,6 +203,9 @@ class RayPool(PoolFacade):
             started = self._state == "running" or bool(self._router.slots)
             self._state = "closed"
         self._stop.set()
+        with self._router.lock:
+            self._router.closed = True
+            self._router.changed.notify_all()  # callers waiting for a worker give up
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=2.0)
         if started:
@@ -324,7 +327,11 @@ class RayPool(PoolFacade):
                     if not wait:
                         return False
                     left = call.left()
-                    if not self._router.wait_ready(self.cfg.start_timeout_s if left is None else left):
+                    up = self._router.wait_ready(self.cfg.start_timeout_s if left is None else left)
+                    if self._closed:
+                        raise PoolClosed(f"pool {self.name!r} closed while the call waited for a worker",
+                                         pool=self.name)
+                    if not up:
                         raise self._router.no_workers()
         finally:
             self._drop_in_actors(evicted)

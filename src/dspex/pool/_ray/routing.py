@@ -82,6 +82,7 @@ class Router:
         self.slots: list[Slot] = []
         self.sessions = SessionStore(max_sessions, session_ttl_s)
         self.in_flight = 0
+        self.closed = False
         self.counts = {"calls": 0, "errors": 0, "timeouts": 0, "crashes": 0, "restarts": 0, "overloaded": 0,
                        "cancelled": 0, "sessions_lost": 0}
         self._rr = 0
@@ -204,9 +205,9 @@ class Router:
             self.changed.notify_all()
 
     def wait_ready(self, timeout: float) -> bool:
-        """Wait (lock held) until some slot is up; False after ``timeout``."""
+        """Wait (lock held) until some slot is up (or the pool closes); False after ``timeout``."""
         end = time.monotonic() + timeout
-        while not any(s.state == READY for s in self.slots):
+        while not self.closed and not any(s.state == READY for s in self.slots):
             left = end - time.monotonic()
             if left <= 0:
                 return False
