@@ -3,8 +3,11 @@
 Every kind becomes a ``Target`` with the same surface: the input and output fields (for
 the OpenAPI schema and the 422 checks), ``prepare()`` (start the pools it needs; the
 service is ready when every target is prepared) and ``call(inputs, session, emit)``
-returning ``(outputs, trace rows)``. ``emit`` receives pipeline events while a run goes.
-Everything runs on the server's event loop; sync callables run on a thread.
+returning ``(outputs, trace rows)``. ``emit`` receives what a streamed call sends as it
+happens: pipeline events, ``Progress`` (a worker's ``ctx.progress``) and ``Chunk`` (a
+streaming handler's chunks; ``emit`` then returns an awaitable, the SSE window); JSON
+calls pass ``NO_EVENTS``. Everything runs on the server's event loop; sync callables run
+on a thread.
 """
 
 from __future__ import annotations
