@@ -28,8 +28,8 @@ def _start_cluster(attempts: int = 2) -> Cluster:
         cluster = Cluster()
         try:
             cluster.add_node(num_cpus=1, include_dashboard=False)  # the head
-            for _ in range(2):
-                cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1)
+            cluster.add_node(num_cpus=1, resources={"accel": 1})  # a custom resource to place by
             cluster.wait_for_nodes()
             return cluster
         except Exception:
@@ -41,7 +41,8 @@ def _start_cluster(attempts: int = 2) -> Cluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Cluster]:
-    """Head + 2 worker nodes, 1 CPU each; the test process is the driver."""
+    """Head + 2 worker nodes, 1 CPU each (the last also has 1 "accel"); the test process
+    is the driver."""
     cluster = _start_cluster()
     ray.init(address=cluster.address, log_to_driver=False)
     try:

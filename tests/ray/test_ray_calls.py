@@ -274,3 +274,19 @@ def test_a_restarted_actor_refuses_a_strict_call_for_state_it_never_had(ray_clus
         assert p.call("state_get", "k2", session="t") == 2
         p.drop_session("t")
         wait_until(lambda: p.call("state_get", "k2", session="t") is None, 30, "the drop to reach the actor")
+
+
+def test_custom_resources_place_workers_and_unplaceable_pools_fail_to_start(ray_cluster) -> None:
+    import ray
+
+    accel_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("accel")}
+    assert len(accel_nodes) == 1
+    with RayPool("accel", size=1, handlers=HANDLERS, num_cpus=0.1, resources={"accel": 1}) as p:
+        assert set(p.stats()["nodes"]) == accel_nodes
+        assert p.call("echo", "on the accelerator node") == "on the accelerator node"
+    from dspex.errors import WorkerStartError
+
+    too_big = RayPool("too-big", size=1, handlers=HANDLERS, num_cpus=0.1, resources={"accel": 2}, start_timeout_s=3)
+    with pytest.raises(WorkerStartError, match=r"only 0 of 1 workers ready.*'accel': 2\.0"):
+        too_big.start()
+    too_big.close()
