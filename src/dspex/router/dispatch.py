@@ -56,22 +56,27 @@ def _lm_key(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload.get("lm"), sort_keys=True, default=str)
 
 
+def _latency_of(key: str) -> list[float]:
+    """The EWMA box of an LM key ([] until its first call is observed)."""
+    return _latency.get(key, list)
+
+
 def handler_for(d: Decision, key: str) -> str:
     """The handler a module call sends: the decision's, or its inline twin for fast LMs."""
     handler = d.handlers[0]
     if handler == H.RUN:
-        ew = _latency.peek(key)
-        if ew is not None and ew[0] < _FAST_S:
+        box = _latency_of(key)
+        if box and box[0] < _FAST_S:
             return H.RUN_INLINE
     return handler
 
 
 def observe(key: str, seconds: float) -> None:
-    box = _latency.peek(key)
-    if box is None:
-        _latency.put(key, [seconds])
-    else:
+    box = _latency_of(key)
+    if box:
         box[0] = 0.8 * box[0] + 0.2 * seconds  # a benign race: two writers lose one sample
+    else:
+        box.append(seconds)
 
 
 def _detail(result: Any, info: CallInfo | None, handler: str) -> Any:
