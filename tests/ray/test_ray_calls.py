@@ -132,6 +132,14 @@ def test_host_callbacks_and_progress_events(pool: RayPool) -> None:
 
     assert asyncio.run(main()) == 42
 
+    def refuse(event: dict) -> None:
+        raise ValueError("the consumer gave up")
+
+    before = pool.stats()["cancelled"]
+    with pytest.raises(ValueError, match="the consumer gave up"):  # the caller's own error, unchanged
+        pool.call("progress", 3, on_event=refuse)
+    assert pool.stats()["cancelled"] == before + 1  # and the call was stopped in the actor
+
 
 def test_errors_have_the_local_types(pool: RayPool) -> None:
     with pytest.raises(RemoteError) as info:

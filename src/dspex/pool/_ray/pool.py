@@ -32,7 +32,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any
 
-from dspex.errors import HandlerNotFound, PoolClosed, WorkerStartError
+from dspex.errors import DspexError, HandlerNotFound, PoolClosed, WorkerStartError
 from dspex.pool import protocol as P
 from dspex.pool._call import CallResult
 from dspex.pool._ray.calls import Call, Caller
@@ -365,6 +365,11 @@ class RayPool(PoolFacade):
                     value = stop.value
             else:
                 value = self._caller.wait(call)
+        except DspexError:
+            raise  # the call's own outcome (or its timeout, which cancelled it)
+        except BaseException:
+            self._caller.cancel(call)  # interrupted here (Ctrl-C, an on_event that raised): stop it there
+            raise
         finally:
             elapsed = self._finish(call, serial)
         assert call.slot is not None
