@@ -6,8 +6,9 @@ The public API is the names in ``__all__``. They load lazily (PEP 562), so
     native/    in-process: signatures, adapters, LM clients, Predict, cache, retrieval
     pool/      supervised worker processes (our Snakepit)
     bridge/    DSPy exposed as pool handlers (imported only inside workers)
-    router.py  picks native or worker per call; api/ is the operation layer
+    router/    the op table, routing policy and dispatcher; api/ is the operation layer
     pipeline/  steps that mix native and worker execution
+    wire.py    the host <-> bridge contract (handler names, codes; stdlib only)
     local/     the embedded default model, run as a managed service
 """
 
