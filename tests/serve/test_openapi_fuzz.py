@@ -31,14 +31,16 @@ def test_no_server_errors_for_generated_requests(serve: Any, lm: Any, tmp_path: 
     Pipeline([native(progs.shout, writes="loud"), native(progs.count_words, writes="n")],
              inputs={"question": str}).save(tmp_path / "p.yaml")
     srv = serve(programs=[{"name": "typed", "signature": _SIG},
-                          {"name": "add", "object": "serve.programs_for_tests:add"}],
+                          {"name": "add", "object": "serve.programs_for_tests:add"},
+                          {"name": "echo", "handler": "echo", "pool": "w", "signature": "x: int, y: list[str] -> echoed"}],
+                pools={"w": {"size": 1, "handlers": ["dspex.testing.handlers"]}},
                 pipelines=[{"name": "words", "path": str(tmp_path / "p.yaml"),
                             "allow": ["serve.programs_for_tests:*"]}],
                 lm=lm, max_body_bytes=20_000)
     doc = srv.client.get("/openapi.json").json()
     schema = schemathesis.openapi.from_dict(doc)
     ops = [r.ok() for r in schema.get_all_operations()]
-    assert len(ops) == 3 * 2 + 4  # call + stream per endpoint, and the four GETs
+    assert len(ops) == 4 * 2 + 4  # call + stream per endpoint, and the four GETs
     seen: dict[str, set[int]] = {}
     def run(op: Any, mode: GenerationMode) -> None:
         @settings(max_examples=15, deadline=None, database=None, derandomize=True,

@@ -54,3 +54,15 @@ def test_not_ready_when_a_pool_cannot_start(serve: Any) -> None:
     call = srv.client.post("/v1/programs/echo", json={"x": 1})
     assert call.status_code == 503 and call.json()["error"]["type"] == "NotReady" and "Traceback" not in call.text
     assert srv.client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_handler_output_that_breaks_its_signature_is_a_502(serve: Any) -> None:
+    srv = serve(programs=[{"name": "bad", "handler": "echo", "pool": "w", "signature": "x -> n: int"},
+                          {"name": "any", "handler": "echo", "pool": "w", "signature": "x -> y"}], pools=_POOL)
+    r = srv.client.post("/v1/programs/bad", json={"x": "1"})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "OutputMismatch"
+    assert "'n'" in r.json()["error"]["message"] and "integer" in r.json()["error"]["message"]
+    doc = srv.client.get("/openapi.json").json()
+    out = doc["paths"]["/v1/programs/any"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert out["properties"]["outputs"]["properties"]["y"] == {}  # an untyped field of code: any JSON value
+    assert srv.client.post("/v1/programs/any", json={"x": "1"}).status_code == 200

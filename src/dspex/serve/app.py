@@ -301,7 +301,9 @@ class Service:
         watcher = asyncio.ensure_future(watch_disconnect(request.receive))
         watcher.add_done_callback(on_disconnect)
         try:
-            return await self._timed(target.call(inputs, session, NO_EVENTS), target)
+            outputs, trace = await self._timed(target.call(inputs, session, NO_EVENTS), target)
+            target.check_outputs(outputs)
+            return outputs, trace
         except asyncio.CancelledError:
             if gone:
                 me.uncancel()
@@ -364,6 +366,7 @@ class Service:
                         yield format_event("step", event_json(ev))
                 try:
                     outputs, trace = work.result()
+                    target.check_outputs(outputs)
                 except Exception as exc:
                     problem = problem_for(exc, retry_after_s=self.cfg.retry_after_s)
                     self.metrics.observe(target.name, problem.status, time.perf_counter() - t0)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import errors as E
+from .targets import OutputMismatch
 from .validation import InvalidInputs
 
 __all__ = ["HTTPProblem", "problem_for"]
@@ -99,7 +100,9 @@ def problem_for(exc: BaseException, *, retry_after_s: float = 1.0) -> HTTPProble
     if isinstance(exc, E.PipelineError):
         fields = [{"field": p.split("'")[1] if p.count("'") >= 2 else "(input)", "problem": p} for p in exc.problems]
         return HTTPProblem(422, "PipelineError", _short(exc), "send the inputs the pipeline reads", fields=fields)
-    if isinstance(exc, TimeoutError):  # the endpoint's own timeout_s (asyncio.wait_for)
+    if isinstance(exc, OutputMismatch):
+        return HTTPProblem(502, "OutputMismatch", _short(exc), "the program must return what its signature says")
+    if isinstance(exc, TimeoutError):  # the endpoint's own timeout_s (asyncio.timeout)
         return HTTPProblem(504, "Timeout", "the program did not finish within the endpoint's timeout", "retry later")
     for cls, status, fix in _TABLE:
         if isinstance(exc, cls):

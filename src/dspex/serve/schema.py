@@ -69,8 +69,14 @@ def input_schema(target: Target) -> dict[str, Any]:
 def output_schema(target: Target) -> dict[str, Any]:
     if not target.outputs:
         return {"type": "object"}
-    props = {name: _describe(field_schema(f.annotation), f) for name, f in target.outputs.items()}
+    props = {name: _describe(field_schema(_output_type(target, f.annotation)), f) for name, f in target.outputs.items()}
     return {"type": "object", "properties": props}
+
+
+def _output_type(target: Target, tp: Any) -> Any:
+    """Code (handlers, objects) may return any value for a plain ``str`` field: a signature
+    without a type says nothing. Typed fields keep their type (and are checked)."""
+    return None if target.loose_outputs and tp is str else tp
 
 
 _ERROR = {

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigError
 from .config import EndpointConfig
 
-__all__ = ["NO_EVENTS", "Chunk", "FieldInfo", "Progress", "Target", "build_target"]
+__all__ = ["NO_EVENTS", "Chunk", "FieldInfo", "OutputMismatch", "Progress", "Target", "build_target"]
 
 Emit = Callable[[Any], Any]  # returns None, or an awaitable for a Chunk (flow control)
 TraceRows = list[dict[str, Any]]
@@ -51,6 +51,10 @@ class Progress:
     """A worker's ``ctx.progress(...)`` event (SSE ``progress``)."""
 
     data: dict[str, Any]
+
+
+class OutputMismatch(Exception):
+    """A code-defined program returned a value that does not fit its signature's output type."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class Target:
 
     kind = "program"
     group = "programs"
+    loose_outputs = False  # True for code-defined programs: see check_outputs
 
     def __init__(self, cfg: EndpointConfig, inputs: dict[str, FieldInfo], outputs: dict[str, FieldInfo],
                  signature_text: str, required: list[str] | None = None):
@@ -126,6 +131,19 @@ class Target:
         return {"name": self.name, "kind": self.kind, "group": self.group, "path": self.path,
                 "signature": self.signature_text, "description": self.description,
                 "inputs": fields(self.inputs), "outputs": fields(self.outputs)}
+
+    def check_outputs(self, outputs: dict[str, Any]) -> None:
+        """Code-defined programs (handlers, objects) promise their typed output fields by the
+        signature; a value of another type is their bug, reported (502) instead of sent."""
+        if not self.loose_outputs:
+            return
+        from .validation import check_value
+
+        for name, f in self.outputs.items():
+            if f.annotation is not str and name in outputs:
+                problem, _ = check_value(f.annotation, outputs[name], name)
+                if problem is not None:
+                    raise OutputMismatch(f"program {self.name!r} returned a bad {name!r}: {problem}")
 
     async def prepare(self) -> None:
         """Start what the first call would otherwise start (pools)."""
@@ -285,6 +303,7 @@ class HandlerProgram(_PoolTarget):
         super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True),
                          manager=manager, pool_name=cfg.pool or "dspy")
         self.kind = "handler"
+        self.loose_outputs = True
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
         if self.cfg.stream and emit is not NO_EVENTS:
@@ -332,6 +351,7 @@ class ObjectProgram(Target):
             inputs, required = _params_of(obj)
             super().__init__(cfg, inputs, {}, ", ".join(inputs) + " -> ...", required)
         self.kind = "object"
+        self.loose_outputs = True
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
         t0 = time.perf_counter()
