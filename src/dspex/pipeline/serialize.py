@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PipelineError
-from .steps import Branch, FanOut, NativeStep, Parallel, Step, WorkerStep, _sig_string
+from .steps import Branch, FanOut, NativeStep, OpStep, Parallel, Step, WorkerStep, _sig_string
 
 if TYPE_CHECKING:
     from .core import Pipeline
@@ -146,12 +146,27 @@ def step_to_dict(step: Step, problems: list[str], where: str = "") -> dict[str, 
                 d["state"] = str(step.state)
             elif step.state is not None:
                 d["state"] = step.state
+            if step.tools:
+                problems.append(f"{where}: tools (host functions) cannot be saved; add them after load")
         else:
             d["handler"] = step.handler
             d["reads"] = _reads(step)
             d["writes"] = list(step.writes)
         if step.params:
             d["params"] = dict(step.params)
+    elif isinstance(step, OpStep):
+        d.update({"type": "op", "op": step.op, "reads": _reads(step), "writes": list(step.writes)})
+        if step.impl is not None:
+            d["impl"] = step.impl
+        if isinstance(step.pool, str):
+            d["pool"] = step.pool
+        elif step.pool is not None:
+            problems.append(f"{where}: a Pool object cannot be saved; name the pool (pool='dspy')")
+        for key, value in step.arguments.items():
+            if isinstance(value, str | int | float | bool) or value is None:
+                d[key] = value
+            else:
+                problems.append(f"{where}: op argument {key!r} ({type(value).__name__}) cannot be saved")
     elif isinstance(step, Parallel):
         d["type"] = "parallel"
         d["steps"] = [step_to_dict(s, problems) for s in step.steps]
@@ -309,6 +324,8 @@ class _Loader:
         if kind == "worker":
             module = d.pop("module", None)
             return st.worker(module, **d, **common)
+        if kind == "op":
+            return st.op(d.pop("op", None), **d, **common)
         if kind == "parallel":
             children = self.steps(d.pop("steps", None), f"{where}.steps")
             return st.parallel(children, **d, **common)
@@ -327,7 +344,7 @@ class _Loader:
                 return None
             return st.fan_out(inner, **d, **common)
         self.problems.append(
-            f"{where}: unknown step type {kind!r} (native, worker, parallel, branch, fan_out)"
+            f"{where}: unknown step type {kind!r} (native, worker, op, parallel, branch, fan_out)"
         )
         return None
 
