@@ -12,7 +12,7 @@ import copy
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from ..native._memo import Memo
 
@@ -20,7 +20,17 @@ if TYPE_CHECKING:
     from .runner import RunState
     from .trace import StepTrace
 
-__all__ = ["Step", "StepContext", "current_step"]
+__all__ = ["Step", "StepContext", "StepOptions", "current_step"]
+
+
+class StepOptions(TypedDict, total=False):
+    """The options every step kind takes (see :class:`Step`); the builders pass them on."""
+
+    timeout: float | None
+    retries: int
+    backoff: float
+    fallback: Any
+    cache: bool | int
 
 _ON_ERROR = ("fail_fast", "collect")
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ..errors import PipelineError
-from .base import _ON_ERROR, Step, _field_names
+from .base import _ON_ERROR, Step, StepOptions, _field_names
 from .native_step import _callable_name, native
 
 if TYPE_CHECKING:
@@ -81,11 +81,7 @@ def parallel(
     concurrency: int | None = None,
     on_error: str = "fail_fast",
     into: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    backoff: float = 0.1,
-    fallback: Any = None,
-    cache: bool | int = False,
+    **options: Unpack[StepOptions],
 ) -> Parallel:
     """Run ``steps`` concurrently (at most ``concurrency`` at once) on the same data.
 
@@ -102,11 +98,7 @@ def parallel(
         concurrency=concurrency,
         on_error=on_error,
         into=into,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        fallback=fallback,
-        cache=cache,
+        **options,
     )
 
 
@@ -186,10 +178,7 @@ def branch(
     *,
     name: str | None = None,
     reads: str | Sequence[str] | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    backoff: float = 0.1,
-    fallback: Any = None,
+    **options: Unpack[StepOptions],
 ) -> Branch:
     """Run ``then`` (a step or a list of steps) when ``condition`` holds, else ``otherwise``.
 
@@ -203,10 +192,7 @@ def branch(
         otherwise,
         name=name,
         reads=reads,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        fallback=fallback,
+        **options,
     )
 
 
@@ -286,11 +272,7 @@ def fan_out(
     concurrency: int = 4,
     on_error: str = "fail_fast",
     name: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    backoff: float = 0.1,
-    fallback: Any = None,
-    cache: bool | int = False,
+    **options: Unpack[StepOptions],
 ) -> FanOut:
     """Run ``step`` once per element of the list field ``over``, at most ``concurrency``
     at a time; results go to ``into`` as a list in input order (the single field the step
@@ -304,11 +286,7 @@ def fan_out(
         concurrency=concurrency,
         on_error=on_error,
         name=name,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        fallback=fallback,
-        cache=cache,
+        **options,
     )
 
 

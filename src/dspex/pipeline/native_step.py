@@ -7,10 +7,10 @@ import inspect
 import threading
 import typing
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from ..errors import PipelineError
-from .base import Step, _field_names, _parse_signature, _reads_spec, _sig_io, _sig_string
+from .base import Step, StepOptions, _field_names, _parse_signature, _reads_spec, _sig_io, _sig_string
 
 if TYPE_CHECKING:
     from .runner import RunState
@@ -233,11 +233,7 @@ def native(
     module: str = "Predict",
     instructions: str | None = None,
     demos: list[Any] | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    backoff: float = 0.1,
-    fallback: Any = None,
-    cache: bool | int = False,
+    **options: Unpack[StepOptions],
 ) -> NativeStep:
     """A step run in this process.
 
@@ -264,9 +260,5 @@ def native(
         module=module,
         instructions=instructions,
         demos=demos,
-        timeout=timeout,
-        retries=retries,
-        backoff=backoff,
-        fallback=fallback,
-        cache=cache,
+        **options,
     )
