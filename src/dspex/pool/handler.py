@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
-__all__ = ["Context", "HandlerSpec", "get_handler", "handler", "registry"]
+__all__ = ["Context", "HandlerSpec", "handler", "registry"]
 
 Kind = Literal["sync", "async", "gen", "agen"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -122,10 +122,6 @@ def registry() -> dict[str, HandlerSpec]:
     """A copy of every handler registered in this process."""
     with _REGISTRY_LOCK:
         return dict(_REGISTRY)
-
-
-def get_handler(name: str) -> HandlerSpec | None:
-    return _REGISTRY.get(name)
 
 
 class Context:

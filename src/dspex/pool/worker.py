@@ -24,12 +24,10 @@ descendants so that a Pool started there refuses (``Pool.start`` →
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
 import sys
-from typing import Any
 
 from dspex.pool._procsafe import ALLOW_NESTED_ENV, WORKER_ENV, become_worker, set_pdeathsig
 
@@ -47,23 +45,6 @@ BOOTSTRAP = (
     "from dspex.pool.worker import main\n"
     "main(sys.argv[2:])\n"
 )
-
-# Names that lived here before the split, for code that imports them from this module.
-_MOVED = {
-    "load_modules": "_zygote",
-    "_handler_table": "_zygote",
-    "wire_detail": "_runtime",
-    "_type_name": "_runtime",
-    "IN_WORKER": "_procsafe",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex.pool.worker' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"dspex.pool.{module}"), name)
-
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
