@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
                 "impl": getattr(decision, "impl", None)
                 or ("native" if args.impl in (None, "auto") else args.impl),
                 "why": getattr(decision, "reason", None),
+                # what the worker pool was sent (the router's op table), [] when native
+                "handlers": list(getattr(decision, "handlers", ()) or ()),
                 "lm": lm_label(lm),
                 "usage": usage.as_dict(),
             }
