@@ -32,16 +32,25 @@ SIG = "question -> answer"
 ROUNDS = 5
 
 
-def per_call_us(fn, n: int) -> float:
-    """Median over ROUNDS of the mean time per call, in microseconds."""
+def per_call(fn, n: int) -> tuple[float, float]:
+    """Median over ROUNDS of the mean (wall, CPU) time per call, in microseconds.
+
+    CPU is this process's (all threads): the work the client adds per call, which the
+    shared machine's scheduling noise affects far less than wall time.
+    """
     fn()
-    results = []
+    walls, cpus = [], []
     for _ in range(ROUNDS):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(n):
             fn()
-        results.append((time.perf_counter() - t) / n * 1e6)
-    return statistics.median(results)
+        walls.append((time.perf_counter() - t) / n * 1e6)
+        cpus.append((time.process_time() - c) / n * 1e6)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def per_call_us(fn, n: int) -> float:
+    return per_call(fn, n)[0]
 
 
 def raw_post(port: int, body: bytes):
@@ -99,32 +108,44 @@ def bench_http_overhead(dspy, server) -> dict[str, float]:
 
     msgs = server.requests[-1]["json"]["messages"]
     n = 400
-    out: dict[str, list[float]] = {k: [] for k in ("raw", "dspex", "dspy", "httpx", "lm")}
+    fns = {
+        "raw": (raw, n),
+        "dspex": (lambda: ours(question="What is 6*7?", lm=ours_lm), n),
+        "lm": (lambda: ours_lm.complete(msgs), n),
+        "httpx": (via_httpx, n),
+        "dspy": (lambda: theirs(question="What is 6*7?", lm=theirs_lm), n // 2),
+    }
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(3):  # interleave so machine noise hits every contender alike
-        out["raw"].append(per_call_us(raw, n))
-        out["dspex"].append(per_call_us(lambda: ours(question="What is 6*7?", lm=ours_lm), n))
-        out["lm"].append(per_call_us(lambda: ours_lm.complete(msgs), n))
-        out["httpx"].append(per_call_us(via_httpx, n))
-        out["dspy"].append(per_call_us(lambda: theirs(question="What is 6*7?", lm=theirs_lm), n // 2))
+        for k, (fn, count) in fns.items():
+            out[k].append(per_call(fn, count))
     server.reset()
-    return {k: min(v) for k, v in out.items()}  # the least-disturbed of the interleaved rounds
+    return _least_disturbed(out)
 
 
-def _aper_call_us(make, n: int) -> float:
-    """per_call_us for a coroutine function built by ``await make()`` -> (fn, aclose or None)."""
+def _least_disturbed(out: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Per contender, the least-disturbed interleaved round (noise only adds): wall and ``cpu <name>``."""
+    res = {k: min(w for w, _ in v) for k, v in out.items()}
+    res.update({f"cpu {k}": min(c for _, c in v) for k, v in out.items()})
+    return res
 
-    async def run() -> float:
+
+def _aper_call(make, n: int) -> tuple[float, float]:
+    """per_call for a coroutine function built by ``await make()`` -> (fn, aclose or None)."""
+
+    async def run() -> tuple[float, float]:
         fn, aclose = await make()
         await fn()
-        results = []
+        walls, cpus = [], []
         for _ in range(ROUNDS):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(n):
                 await fn()
-            results.append((time.perf_counter() - t) / n * 1e6)
+            walls.append((time.perf_counter() - t) / n * 1e6)
+            cpus.append((time.process_time() - c) / n * 1e6)
         if aclose is not None:
             await aclose()
-        return statistics.median(results)
+        return statistics.median(walls), statistics.median(cpus)
 
     return asyncio.run(run())
 
@@ -200,13 +221,13 @@ def bench_clients(server) -> dict[str, float]:
         "aiohttp.ClientSession": mk_aiohttp,
     }
     n = 300
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[tuple[float, float]]] = {}
     for _ in range(3):  # interleaved rounds: machine noise hits every contender alike
         for name, fn in sync.items():
-            out.setdefault(f"sync  {name}", []).append(per_call_us(fn, n))
+            out.setdefault(f"sync  {name}", []).append(per_call(fn, n))
         for name, make in asynchronous.items():
-            out.setdefault(f"async {name}", []).append(_aper_call_us(make, n))
-    return {k: min(v) for k, v in out.items()}  # the least-disturbed of the interleaved rounds
+            out.setdefault(f"async {name}", []).append(_aper_call(make, n))
+    return _least_disturbed(out)
 
 
 def bench_large_body(size: int = 96 << 20) -> dict[str, float]:
@@ -294,9 +315,17 @@ def main() -> None:
     with FakeLMServer.subprocess(latency=0.0) as server:
         b = bench_http_overhead(dspy, server)
     print("(b) Predict over HTTP (fake server subprocess, no latency), per call")
-    print(f"    raw socket POST + json.loads    {b['raw']:7.0f} us")
-    print(f"    dspex LM.complete               {b['lm']:7.0f} us   (+{b['lm'] - b['raw']:.0f} us)")
-    print(f"    dspex Predict                   {b['dspex']:7.0f} us   (+{b['dspex'] - b['raw']:.0f} us over raw)")
+    print("    wall time per call; CPU time of this process per call in [brackets]")
+    cpu = {k: b[f"cpu {k}"] for k in ("raw", "lm", "dspex", "dspy", "httpx")}
+    print(f"    raw socket POST + json.loads    {b['raw']:7.0f} us   [{cpu['raw']:.0f} us]")
+    print(
+        f"    dspex LM.complete               {b['lm']:7.0f} us   (+{b['lm'] - b['raw']:.0f} us)"
+        f"   [+{cpu['lm'] - cpu['raw']:.0f} us CPU]"
+    )
+    print(
+        f"    dspex Predict                   {b['dspex']:7.0f} us   (+{b['dspex'] - b['raw']:.0f} us over raw)"
+        f"   [+{cpu['dspex'] - cpu['raw']:.0f} us CPU]"
+    )
     print(f"    dspy  Predict                   {b['dspy']:7.0f} us   (+{b['dspy'] - b['raw']:.0f} us over raw)")
     print(f"    httpx.Client POST (same body)   {b['httpx']:7.0f} us   (+{b['httpx'] - b['raw']:.0f} us over raw)")
     oo, to = b["dspex"] - b["raw"], b["dspy"] - b["raw"]
@@ -305,9 +334,11 @@ def main() -> None:
     with FakeLMServer.subprocess(latency=0.0) as server:
         d = bench_clients(server)
     print("(d) HTTP clients, same POST to the same server (subprocess), per call")
-    base = d["sync  raw socket"]
+    base, cbase = d["sync  raw socket"], d["cpu sync  raw socket"]
     for k, v in d.items():
-        print(f"    {k:40s} {v:7.0f} us   (+{v - base:.0f} us over raw)")
+        if not k.startswith("cpu "):
+            c = d[f"cpu {k}"]
+            print(f"    {k:40s} {v:7.0f} us   (+{v - base:.0f} us over raw)   [CPU {c:.0f} us, +{c - cbase:.0f}]")
     print()
 
     e = bench_large_body()
