@@ -125,6 +125,9 @@ def test_kill_9_of_the_worker_mid_run(pool: Pool) -> None:
         while time.monotonic() < deadline:  # find the worker running the sleep, kill -9 it
             busy = [w["pid"] for w in pool.stats()["workers"] if w["in_flight"] > 0]
             if busy:
+                # in flight is not yet running: a call the worker never read would be
+                # re-dispatched (pool finding 12), so let the worker start it first
+                time.sleep(0.2)
                 os.kill(busy[0], signal.SIGKILL)
                 return busy[0]
             time.sleep(0.01)
