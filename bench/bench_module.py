@@ -28,7 +28,7 @@ import dspex
 from dspex.testing import DummyLM, FakeLMServer
 
 QUICK = "--quick" in sys.argv or os.environ.get("DSPEX_BENCH_QUICK") == "1"
-ROUNDS = 3 if QUICK else 7
+ROUNDS = 2 if QUICK else 7  # quick: a smoke run of every row (dspex bench --quick runs all benches in ~4 min)
 CORPUS = ["Mars is the fourth planet.", "Jupiter is the largest planet.", "The Moon orbits the Earth."]
 BM25 = dspex.BM25(CORPUS)
 ANSWER = {"query": "largest planet", "reasoning": "It says so.", "answer": "Jupiter"}
@@ -79,7 +79,7 @@ def main() -> None:
         def forward(self, question: str) -> Any:
             return self.answer(context=search(self.query(question=question).query), question=question)
 
-    n, n2 = (500, 60) if QUICK else (2000, 200)
+    n, n2 = (80, 8) if QUICK else (2000, 200)
     rows: list[tuple[str, float, float | None]] = []
     q = "Which is the largest planet?"
 
