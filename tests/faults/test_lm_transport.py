@@ -105,6 +105,19 @@ def test_tls_without_the_ca_is_a_clear_non_retryable_error(tls_server: FakeLMSer
     assert len(tls_server.requests) == 0
 
 
+def test_tls_verify_false_skips_the_check(tls_server: FakeLMServer) -> None:
+    tls_server.script(["unverified"])
+    lm = dspex.LM("openai/fake", api_base=tls_server.base_url, verify=False, cache=False)
+    assert lm.complete(MSGS).text == "unverified" and lm.to_spec()["verify"] is False
+
+
+def test_tls_ca_bundle_that_does_not_exist_is_a_clear_error(tls_server: FakeLMServer, tmp_path: Path) -> None:
+    lm = dspex.LM("openai/fake", api_base=tls_server.base_url, ssl_ca_file=str(tmp_path / "nope.pem"), cache=False)
+    with pytest.raises(dspex.LMTransportError, match=r"nope\.pem") as info:
+        lm.complete(MSGS)
+    assert not info.value.retryable
+
+
 # --- a loopback proxy: absolute-form forwarding and CONNECT tunnels ---------------------------
 class Proxy:
     def __init__(self) -> None:
