@@ -111,7 +111,13 @@ def run_main(questions: list[dict[str, Any]], lm: Any, program: Path) -> list[tu
             except Exception as exc:  # a failed run counts as a parse failure with no answer
                 answer, failed = f"<error {type(exc).__name__}: {exc}>", True
             out.append((answer, time.monotonic() - t0, failed))
+            _progress("main", len(out), len(questions), out[-1])
     return out
+
+
+def _progress(system: str, i: int, n: int, result: tuple[Any, float, bool]) -> None:
+    answer, seconds, failed = result
+    print(f"    {system} {i}/{n} {seconds:5.1f} s {'FAIL ' if failed else ''}{str(answer)[:70]!r}", flush=True)
 
 
 def run_native(questions: list[dict[str, Any]], lm: Any) -> list[tuple[Any, float, bool]]:
@@ -120,7 +126,8 @@ def run_native(questions: list[dict[str, Any]], lm: Any) -> list[tuple[Any, floa
     from dspex.native.predict import ChainOfThought
 
     cot = ChainOfThought(ra.SYNTHESIS)
-    out = []
+    name = "native"
+    out: list[tuple[Any, float, bool]] = []
     for q in questions:
         context = ra.bm25_search(q["question"], [])
         t0 = time.monotonic()
@@ -129,6 +136,7 @@ def run_native(questions: list[dict[str, Any]], lm: Any) -> list[tuple[Any, floa
         except ParseError as exc:
             answer, failed = getattr(exc, "raw", None) or str(exc), True
         out.append((answer, time.monotonic() - t0, failed))
+        _progress(name, len(out), len(questions), out[-1])
     return out
 
 
@@ -141,7 +149,8 @@ def run_dspy(questions: list[dict[str, Any]], url: str, alias: str, max_tokens: 
     lm = dspy.LM(f"openai/{alias}", api_base=url, api_key="local", temperature=0.0, max_tokens=max_tokens,
                  cache=False, num_retries=0)
     cot = dspy.ChainOfThought(ra.SYNTHESIS)
-    out = []
+    name = "dspy"
+    out: list[tuple[Any, float, bool]] = []
     for q in questions:
         context = ra.bm25_search(q["question"], [])
         t0 = time.monotonic()
@@ -151,6 +160,7 @@ def run_dspy(questions: list[dict[str, Any]], url: str, alias: str, max_tokens: 
         except Exception as exc:  # AdapterParseError (after DSPy's JSON fallback) and kin
             answer, failed = f"<{type(exc).__name__}>", True
         out.append((answer, time.monotonic() - t0, failed))
+        _progress(name, len(out), len(questions), out[-1])
     return out
 
 
@@ -218,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"unknown system {name!r}: use main, main-unoptimized, native, dspy")
             rows.append(summarize(name, questions, res))
-            print(f"  {name}: {time.monotonic() - t:.0f} s", flush=True)
+            r = rows[-1]
+            print(f"  {name}: {time.monotonic() - t:.0f} s; right&clean {r['ok']:.0%}, concise {r['concise']:.0%}, "
+                  f"echoes {r['echo']}, parse failures {r['parse_failures']}, {r['s_per_q']:.1f} s/question", flush=True)
     finally:
         dspex.pool.manager().close_all()
         svc.stop()

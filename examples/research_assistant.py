@@ -39,15 +39,15 @@ PROGRAM = Path(__file__).resolve().parent / "research_program.json"
 # Replies from the embedded model are capped here: the grammar shares the cap among the
 # fields, so a CPU-bound small model writes short fields and each call takes seconds.
 EMBEDDED_MAX_TOKENS = 256
-TRAIN = [  # questions about the shipped corpus, with the word a good answer contains
-    {"question": "Which planet is closest to the Sun?", "answer": "Mercury"},
-    {"question": "Which planet has the Great Red Spot?", "answer": "Jupiter"},
-    {"question": "What is the largest moon of Saturn?", "answer": "Titan"},
-    {"question": "Which planet is known as the Red Planet?", "answer": "Mars"},
-    {"question": "How many known moons does Uranus have?", "answer": "28"},
-    {"question": "Which spacecraft mapped almost all of Venus with radar?", "answer": "Magellan"},
-    {"question": "Which moon of Jupiter has an icy crust over a global ocean?", "answer": "Europa"},
-    {"question": "How many Earth years does Saturn take to orbit the Sun?", "answer": "29.5"},
+TRAIN = [  # questions about the shipped corpus: a model answer (the demos MIPROv2 may keep) and its key fact
+    {"question": "Which planet is closest to the Sun?", "answer": "Mercury is the closest planet to the Sun.", "fact": "Mercury"},
+    {"question": "Which planet has the Great Red Spot?", "answer": "Jupiter has the Great Red Spot, a giant storm.", "fact": "Jupiter"},
+    {"question": "What is the largest moon of Saturn?", "answer": "Titan is the largest moon of Saturn.", "fact": "Titan"},
+    {"question": "Which planet is known as the Red Planet?", "answer": "Mars is known as the Red Planet.", "fact": "Mars"},
+    {"question": "How many known moons does Uranus have?", "answer": "Uranus has 28 known moons.", "fact": "28"},
+    {"question": "Which spacecraft mapped almost all of Venus with radar?", "answer": "Magellan mapped almost all of Venus with radar.", "fact": "Magellan"},
+    {"question": "Which moon of Jupiter has an icy crust over a global ocean?", "answer": "Europa has an icy crust over a global ocean.", "fact": "Europa"},
+    {"question": "How many Earth years does Saturn take to orbit the Sun?", "answer": "Saturn takes 29.5 Earth years to orbit the Sun.", "fact": "29.5"},
 ]
 # MIPROv2 kept small: 4 instruction / demo candidates, 8 trials over the validation questions.
 # The proposer sees neither the program's source nor a dataset summary: both add long prompts
@@ -84,7 +84,11 @@ def concise(answer: str) -> bool:
 def answer_match(example: Any, prediction: Any) -> float:
     """1 for the fact in a concise answer, 0.5 for the fact in a rambling one, else 0."""
     answer = str(prediction["answer"])
-    if example["answer"].lower() not in answer.lower():
+    try:
+        fact = str(example["fact"])
+    except KeyError:  # a plain question/answer example: the answer is the fact
+        fact = str(example["answer"])
+    if fact.lower() not in answer.lower():
         return 0.0
     return 1.0 if concise(answer) else 0.5
 
