@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from ..errors import PipelineError
+from ..router import track
+from ..router.payload import native_module
 from .base import Step, StepOptions, _field_names, _parse_signature, _reads_spec, _sig_io, _sig_string
 
 if TYPE_CHECKING:
@@ -176,21 +178,23 @@ class NativeStep(Step):
             return self.target
         with self._predictor_lock:
             if self._predictor is None:
-                from ..native import predict as predict_mod
-
-                cls = getattr(predict_mod, self.module_name, None)
-                if cls is None:
-                    raise PipelineError(
-                        f"step {self.name!r}: unknown native module {self.module_name!r}; "
-                        "use 'Predict' or 'ChainOfThought'"
-                    )
                 kwargs: dict[str, Any] = {}
                 if self.instructions is not None:
                     kwargs["instructions"] = self.instructions
                 if self.demos is not None:
                     kwargs["demos"] = self.demos
-                self._predictor = cls(self.signature, **kwargs)
+                # the router's native factory: the same module dspex.predict builds natively
+                self._predictor = native_module(self.op(), self.signature, None, None, kwargs)
             return self._predictor
+
+    def op(self) -> str:
+        """The router op of a signature step (its module)."""
+        ops = {"Predict": "predict", "ChainOfThought": "chain_of_thought"}
+        if self.module_name not in ops:
+            raise PipelineError(
+                f"step {self.name!r}: unknown native module {self.module_name!r}; use 'Predict' or 'ChainOfThought'"
+            )
+        return ops[self.module_name]
 
     async def _execute(self, data: Mapping[str, Any], rt: RunState, st: StepTrace) -> dict[str, Any]:
         inputs = self.inputs_of(data)
@@ -199,7 +203,10 @@ class NativeStep(Step):
             return self._outputs(self.target.render(**inputs))
         target = self._get_predictor()
         acall = getattr(target, "acall", None) if self.mode in ("signature", "module") else None
-        if acall is not None and inspect.iscoroutinefunction(acall):
+        if acall is not None and inspect.iscoroutinefunction(acall) and self.mode == "signature":
+            with track(self.op(), "native"):  # counted like the same op through the API
+                result = await rt.in_context(acall(**inputs), lm, st)
+        elif acall is not None and inspect.iscoroutinefunction(acall):
             result = await rt.in_context(acall(**inputs), lm, st)
         elif self._async_call:
             result = await rt.in_context(target(**inputs), lm, st)
