@@ -227,19 +227,20 @@ def test_bench_list_finds_the_repo_benchmarks(tmp_path: Path) -> None:
 
 
 def test_bench_quick_in_the_repo(tmp_path: Path) -> None:
-    """`dspex bench --quick` from the checkout: the built-in smoke numbers plus quick-capable scripts."""
-    proc = dspex("bench", "--quick", "--json", cwd=REPO, env=clean_env(tmp_path), timeout=280)
+    """`dspex bench --quick` from the checkout: the built-in smoke numbers plus two real quick scripts.
+
+    Named explicitly: quick mode over every script (serve, ray, quality, ...) takes minutes;
+    which scripts an unnamed quick run selects is covered with a fake bench dir above."""
+    proc = dspex("bench", "--quick", "--json", "smoke", "core", "pool", cwd=REPO, env=clean_env(tmp_path), timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True and doc["quick"] is True
+    assert [r["name"] for r in doc["results"]] == ["smoke", "core", "pool"]
+    assert all(r["status"] == "ok" for r in doc["results"])
     smoke = doc["results"][0]
-    assert smoke["name"] == "smoke" and smoke["status"] == "ok"
     whats = {r["what"] for r in smoke["rows"]}
     assert any("pool echo" in w for w in whats) and any("Predict" in w for w in whats)
     assert all(r["us"] > 0 for r in smoke["rows"])
-    ran_or_skipped = {r["name"] for r in doc["results"]} | {s["name"] for s in doc["skipped"]}
-    scripts = {p.stem.removeprefix("bench_") for p in (REPO / "bench").glob("bench_*.py")}
-    assert scripts <= ran_or_skipped
 
 
 def test_lm_serve_with_a_missing_model_file(workdir: Path, tmp_path: Path) -> None:
