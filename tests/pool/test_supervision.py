@@ -225,13 +225,17 @@ def test_keyboard_interrupt_cancels_running_call() -> None:
         assert p.call("pid") == pid
 
 
-def test_ignored_cancellation_kills_the_worker() -> None:
-    with Pool("ign", 1, handlers=[H], cancel_grace_s=0.3, forward_stderr=False) as p:
+def test_ignored_cancellation_kills_the_worker(tmp_path: Path) -> None:
+    fault_handlers = str(Path(__file__).with_name("_fault_handlers.py"))
+    with Pool("ign", 1, handlers=[H, fault_handlers], cancel_grace_s=0.3, forward_stderr=False) as p:
         pid = p.call("pid")
+        marker = tmp_path / "running"
 
         async def go() -> None:
-            task = asyncio.ensure_future(p.acall("hang", 30))
-            while not p.stats()["in_flight"]:
+            # a handler that ignores ctx.cancelled; cancel once it runs (a call cancelled
+            # before the worker read it is answered "cancelled" without a kill)
+            task = asyncio.ensure_future(p.acall("wait_file", str(marker), str(tmp_path / "never"), 30.0))
+            while not marker.exists():
                 await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

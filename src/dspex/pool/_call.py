@@ -356,6 +356,8 @@ class _CallerSide(_PoolState):
                         fut.cancel()
                         raise self._timeout_error(call)
                     await fut
+                elif call.error is not None:
+                    fut.exception()  # retrieved (no "never retrieved" log); _after raises it
         except asyncio.CancelledError:
             if call.state != _DONE:
                 self._abandon(call, timed_out=False)
