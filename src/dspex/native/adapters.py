@@ -1,8 +1,8 @@
 """Adapters: (signature, demos, inputs) -> chat messages, and LM text -> typed outputs.
 
 ``ChatAdapter`` and ``JSONAdapter`` produce the same messages as DSPy 3.4.1's,
-byte for byte, and parse replies with the same semantics (see
-``/work/shared/reference/dspy-3.4.1/NOTES.md``). Everything that depends only
+byte for byte, and parse replies with the same semantics (tests/native/test_adapter_parity.py
+compares them with DSPy in the same run). Everything that depends only
 on the signature (system message, output requirements, field headers,
 per-field parsers) is computed once and cached on the signature, so ``format``
 is mostly string concatenation.

@@ -258,10 +258,14 @@ class _PoolTarget(Target):
 
 
 class WorkerProgram(_PoolTarget):
-    """A saved program run by the real DSPy in a worker (the bridge's ``dspy.run``)."""
+    """A saved program run by the real DSPy in a worker, through the router's dispatcher.
+
+    The request is the one ``dspex.predict(..., impl="dspy")`` sends (same payload, same
+    secret filter, same error mapping), so an endpoint and the API cannot drift."""
 
     def __init__(self, cfg: EndpointConfig, lm: Any, manager: Any):
         from .. import signature
+        from ..router import decide
 
         sig = signature(cfg.signature)
         state = None
@@ -272,18 +276,28 @@ class WorkerProgram(_PoolTarget):
                 state = read_state(cfg.state)
             except FileNotFoundError:
                 raise ConfigError(f"program {cfg.name!r}: state file {cfg.state!r} does not exist") from None
-        self.state = state
-        self.lm_spec = lm.to_spec() if lm is not None else None
-        self.wire = {"spec": sig.to_string(types=True), "instructions": sig.instructions}
+        self.sig = sig
+        self.lm = lm
+        self.options: dict[str, Any] = {"state": state} if state else {}
+        op = "chain_of_thought" if cfg.module == "ChainOfThought" else "predict"
+        self.decision = decide(op, sig, impl="dspy", form="call")  # one dspy.run per request
         super().__init__(cfg, _fields(sig.input_fields), _fields(sig.output_fields), sig.to_string(types=True),
                          manager=manager, pool_name=cfg.pool or "dspy")
         self.kind = f"dspy {cfg.module}"
 
     async def call(self, inputs: dict[str, Any], session: str | None, emit: Emit) -> tuple[dict[str, Any], TraceRows]:
-        value, rows = await self._pool_call("dspy.run", session, {
-            "module": self.cfg.module, "signature": self.wire, "inputs": inputs, "lm": self.lm_spec,
-            "state": self.state, "usage": True})
-        return _as_outputs(value.get("outputs", {}), self.outputs), rows
+        from ..router.dispatch import CallInfo, arun_module
+
+        if self.pool is None:
+            await self.prepare()
+        on_event = None if emit is NO_EVENTS else (lambda data: emit(Progress(dict(data))))
+        info = CallInfo()
+        t0 = time.perf_counter()
+        pred = await arun_module(self.decision, self.sig, inputs, lm=self.lm, options=self.options, pool=self.pool,
+                                 session=session, on_event=on_event, timeout=self.timeout_s, info=info)
+        usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+        row = _row(self.name, "worker", self.pool_name, info.pid, time.perf_counter() - t0, usage)
+        return _as_outputs(pred, self.outputs), [row]
 
 
 _POOL_OPTIONS = frozenset({"session", "timeout", "callbacks", "on_event"})
