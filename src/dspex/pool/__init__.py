@@ -22,8 +22,8 @@ Modules. Host side (``Pool`` is one class assembled from the ``_`` parts):
 Both sides: protocol.py (frames, codec, message kinds).
 Worker side (stdlib + msgpack only): worker.py (entry point), _zygote.py (the template:
 imports once, forks and reaps workers and what they leave behind), _runtime.py (a worker
-serving its connection), _procsafe.py (leave with the host, kill descendants),
-handler.py (``@handler``, ``Context``).
+serving its connection), _answers.py (how errors and callback replies cross),
+_procsafe.py (leave with the host, kill descendants), handler.py (``@handler``, ``Context``).
 """
 
 from __future__ import annotations

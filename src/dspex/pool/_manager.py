@@ -27,6 +27,8 @@ _KEYS = {
     "max_age_s",
     "max_rss_mb",
     "queue_limit",
+    "queue_max_bytes",
+    "max_mem_mb",
     "call_timeout_s",
     "affinity",
     "allow_pickle",
