@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,25 +120,28 @@ def test_worker_crash_surfaces_and_next_run_succeeds(pool: Pool) -> None:
     assert ok.run(x=42)["y"] == {"args": [], "kwargs": {"x": 42}}  # echo of keyword arguments
 
 
-def test_kill_9_of_the_worker_mid_run(pool: Pool) -> None:
+def test_kill_9_of_the_worker_mid_run(pool: Pool, tmp_path: Path) -> None:
+    marker = tmp_path / "running"
+
     def killer(x: int) -> int:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # find the worker running the sleep, kill -9 it
-            busy = [w["pid"] for w in pool.stats()["workers"] if w["in_flight"] > 0]
-            if busy:
-                # in flight is not yet running: a call the worker never read would be
-                # re-dispatched (pool finding 12), so let the worker start it first
-                time.sleep(0.2)
-                os.kill(busy[0], signal.SIGKILL)
-                return busy[0]
+        # Kill -9 the worker once the call runs there: a call the worker never read would be
+        # re-dispatched (pool finding 12), so wait for the handler's own marker file.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = marker.read_text() if marker.exists() else ""
+            if text:
+                pid = int(text)
+                os.kill(pid, signal.SIGKILL)
+                return pid
             time.sleep(0.01)
-        raise AssertionError("no busy worker found")
+        raise AssertionError("the victim call never started")
 
     p = Pipeline(
         [
             parallel(
                 [
-                    worker(handler="sleep", pool="tp", params={"seconds": 20}, writes="w", name="victim"),
+                    worker(handler="sleep", pool="tp", params={"seconds": 20, "marker": str(marker)}, writes="w",
+                           name="victim"),
                     native(killer, writes="killed"),
                 ]
             )

@@ -42,7 +42,11 @@ def echo(ctx: Context, *args: Any, **kwargs: Any) -> Any:
 
 
 @handler
-def sleep(ctx: Context, seconds: float) -> float:
+def sleep(ctx: Context, seconds: float, marker: str | None = None) -> float:
+    """Sleep cooperatively; ``marker``: a file written once the call runs (tests wait for it)."""
+    if marker:
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
     end = time.monotonic() + seconds
     while True:
         left = end - time.monotonic()
