@@ -144,6 +144,7 @@ class E:
     LOCAL_UNAVAILABLE = "local.unavailable"  # ImplementationUnavailable (no LM, local model off)
     UNSUPPORTED = "unsupported"  # ImplementationUnavailable (adapter, module not allowlisted)
     MODULE_LOST = "module.lost"  # a dspy.create module is gone from this worker: re-create it
+    BAD_OPTION = "option"  # ConfigError: an option the DSPy module / optimizer does not take
 
 
 class WireError(Exception):

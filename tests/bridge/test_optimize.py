@@ -90,9 +90,10 @@ def test_chain_of_thought_program_and_worker_metric(fake_lm: FakeLMServer, opt_p
 
 
 def test_unknown_option_is_a_clear_error(fake_lm: FakeLMServer, opt_pool) -> None:
-    with pytest.raises(dspex.RemoteError, match="takes no option 'num_trails'"):
+    with pytest.raises(dspex.ConfigError, match="takes no option 'num_trails'") as info:
         dspex.optimize("question -> answer", TRAIN, optimizer="miprov2", metric=lenient, lm=lm_for(fake_lm),
                        pool=opt_pool, auto=None, num_trails=2)
+    assert isinstance(info.value.__cause__, dspex.RemoteError) and info.value.__cause__.code == "option"
 
 
 MIPRO_LONG = {"auto": None, "num_candidates": 2, "num_trials": 30, "minibatch": False,

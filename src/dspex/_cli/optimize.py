@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         preflight(lm)
 
     import dspex
-    from dspex.errors import RemoteError
+    from dspex.errors import ConfigError
 
     kwargs: dict[str, Any] = {"optimizer": args.optimizer, "metric": args.metric}
     reserved = {"program", "trainset", "valset", "optimizer", "metric", "lm", "progress", "pool", "impl"}
@@ -350,12 +350,8 @@ def run(args: argparse.Namespace) -> int:
         with progress, dspex.context(lm=lm) as usage:
             try:
                 optimized = dspex.optimize(program, trainset, **kwargs)
-            except RemoteError as exc:
-                if "takes no option" in exc.remote_message:
-                    raise UsageError(
-                        f"--option: {exc.remote_message}", "use only the options listed"
-                    ) from None
-                raise
+            except ConfigError as exc:  # the optimizer takes no such option (wire code "option")
+                raise UsageError(f"--option: {exc}", "use only the options listed") from None
         save_program(optimized, tmp)
     seconds = time.perf_counter() - t0
     state = json.loads(out.read_text(encoding="utf-8"))

@@ -54,6 +54,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from ..pool.handler import Context
+from ..wire import E, WireError
 from ._convert import build_signature, import_object, prediction_to_dict, to_plain
 from ._lm import build_lm
 
@@ -238,7 +239,8 @@ def _split_options(cls: Any, options: dict[str, Any]) -> tuple[dict[str, Any], d
         elif key in init_params or any(p.kind is p.VAR_KEYWORD for p in init_params.values()):
             init_kw[key] = value
         else:
-            raise TypeError(
+            raise WireError(
+                E.BAD_OPTION,
                 f"{cls.__name__} takes no option {key!r}; constructor: "
                 f"{sorted(k for k in init_params if k != 'self')}, compile: "
                 f"{sorted(k for k in compile_params if k not in ('self', 'student', 'trainset'))}"

@@ -55,6 +55,8 @@ def from_remote(exc: errors.RemoteError) -> Exception:
                                model=detail.get("model"))
     elif code in (E.LOCAL_UNAVAILABLE, E.UNSUPPORTED):
         out = errors.ImplementationUnavailable(message)
+    elif code == E.BAD_OPTION:
+        out = errors.ConfigError(message)
     else:
         return remote
     out.__cause__ = remote
