@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # lm
     p = add(
-        "lm", "the embedded local model service", "Control the embedded local model (llama.cpp + SmolLM2)."
+        "lm", "the embedded local model service", "Control the embedded local model (llama.cpp + Qwen2.5-Coder-0.5B by default)."
     )
     lm_sub = p.add_subparsers(dest="lm_command", metavar="ACTION", parser_class=_Parser)
     lp = lm_sub.add_parser("serve", help="start the local model server")

@@ -25,7 +25,8 @@ Retrieval sources (``source=``):
   ``dspex.native.colbert_server.ColBERTv2Server``), queried natively over HTTP, or
   with ``dspy.ColBERTv2`` in a worker when ``impl="dspy"``;
 * ``"dense:<name or path>"``: ``dspy.retrievers.Embeddings`` in a worker with a
-  local embedder (``embedder="hash"`` default, ``"minilm"`` when installed).
+  local embedder: ``embedder="hash"`` (default, no dependencies), ``"e5"`` (the neural
+  multilingual-e5-small of ``dspex[embed]``), ``"auto"`` (e5 when installed, else hash).
 
 Every function here is thin: ``router.decide`` then the router's dispatcher
 (``dspex.router.dispatch``), which pipelines use too. What travels to a worker is built
