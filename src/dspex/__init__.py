@@ -48,7 +48,17 @@ from .errors import (
     WorkerCrashed,
     WorkerStartError,
 )
-from .settings import Usage, context, current, load_config
+from .settings import Usage, context, current, load_config, set_default_lm_provider
+
+
+def _embedded_lm() -> Any:
+    """The last-resort LM: the embedded local model (loaded on first use only)."""
+    from .local import default_lm
+
+    return default_lm()
+
+
+set_default_lm_provider(_embedded_lm)
 
 # One name, one thing: dspex.native / dspex.pipeline are the step-builder functions, not the
 # subpackages of the same names. Loading both (tiny) packages here means no later submodule

@@ -19,7 +19,7 @@ import copy
 import os
 import threading
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,8 +33,10 @@ __all__ = [
     "Usage",
     "context",
     "current",
+    "default_lm_provider",
     "load_config",
     "reset_config",
+    "set_default_lm_provider",
     "shared_config",
 ]
 
@@ -65,6 +67,21 @@ DEFAULTS: dict[str, Any] = {
     # dspex.retrieve() without source=: "bm25:<corpus>", "dense:<corpus>", "colbert:<url>"
     "retrieve": {"source": "bm25:solar_system"},
 }
+
+# Who makes the LM used when a call has none and config names none: the embedded model.
+# The top-level package installs it (dspex/__init__.py), so the native layer reaches the
+# local layer only through this slot, never by import (the layering contract).
+_default_lm_provider: list[Callable[[], Any]] = []
+
+
+def set_default_lm_provider(provider: Callable[[], Any]) -> None:
+    """Install the factory of the last-resort LM (one slot: a later call replaces it)."""
+    _default_lm_provider[:] = [provider]
+
+
+def default_lm_provider() -> Callable[[], Any] | None:
+    return _default_lm_provider[0] if _default_lm_provider else None
+
 
 _config_lock = threading.Lock()
 _config: dict[str, Any] | None = None

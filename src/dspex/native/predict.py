@@ -60,7 +60,7 @@ from ..errors import (
     LocalModelError,
     ParseError,
 )
-from ..settings import current, load_config
+from ..settings import current, default_lm_provider, load_config
 from ._custom_lm import Override, override_kind
 from ._inputs import INPUT_MODES, prepare_inputs
 from .adapters import ChatAdapter, JSONAdapter
@@ -174,12 +174,13 @@ def _fallback_lm() -> Any:
     )
     if not (conf.get("local") or {}).get("enabled", True):
         raise ImplementationUnavailable(f"no LM configured and the embedded local model is disabled: {hint}")
+    provider = default_lm_provider()  # the embedded model, installed by the dspex package
+    if provider is None:
+        raise ImplementationUnavailable(f"no LM configured and no embedded local model provider: {hint}")
     try:
-        from ..local import default_lm
+        return provider()
     except ImportError as exc:
         raise ImplementationUnavailable(f"no LM configured and the embedded local model is unavailable ({exc}): {hint}") from exc
-    try:
-        return default_lm()
     except LocalModelError as exc:
         raise LocalModelError(f"{exc} (or {hint})") from exc
 
