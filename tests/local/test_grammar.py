@@ -94,11 +94,22 @@ def test_json_reply_is_accepted_and_parses(checker: GrammarChecker, case: tuple[
         "[[ ## reasoning ## ]]\nr\n\n[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",  # unknown field
         "Sure! [[ ## answer ## ]]\n4\n\n[[ ## completed ## ]]",  # text before the marker
         "[[ ## answer ## ]]\n4\n\n[[ ## completed ## ]] and more",  # text after completed
-        "[[ ## answer ## ]]\n4",  # unfinished
+        "[[ ## answer ## ]]\n4\n\n[[ ## compl",  # a cut-off completed marker
+        "[[ ## reasoning ## ]]\nr",  # a field missing
     ],
 )
 def test_int_grammar_rejects(checker: GrammarChecker, reply: str) -> None:
     assert not checker.accepts(gbnf_for("question -> answer: int", "chat"), reply)
+
+
+@pytest.mark.parametrize("tail", ["", "\n", "\n\n[[ ## completed ## ]]", "\n\n[[ ## completed ## ]]\n"])
+def test_reply_may_end_after_the_last_value(checker: GrammarChecker, tail: str) -> None:
+    # The model may stop (EOS) after the last value, as it does unconstrained; the
+    # adapter reads the reply the same with or without the completed marker.
+    sig = signature("question -> reasoning, answer")
+    reply = "[[ ## reasoning ## ]]\nIt is in the passage.\n\n[[ ## answer ## ]]\nNeptune" + tail
+    assert checker.accepts(gbnf_for(sig, "chat"), reply), reply
+    assert ChatAdapter().parse(sig, reply) == {"reasoning": "It is in the passage.", "answer": "Neptune"}
 
 
 def test_text_cannot_open_another_field_or_be_empty(checker: GrammarChecker) -> None:

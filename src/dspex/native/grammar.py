@@ -8,6 +8,8 @@ admits only replies the adapter's ``parse`` accepts:
 
       [[ ## reasoning ## ]]\\n<text>\\n\\n[[ ## answer ## ]]\\n<int>\\n\\n[[ ## completed ## ]]
 
+  (the completed marker is optional, so the model can end the reply after the last
+  value instead of being pushed on to the length cap);
   ``str`` is free text that cannot contain ``[[`` (so it can never open another
   field) and starts with a visible character, capped at ``max_chars``; unless the
   field's name says code (``code``, ``sql``, ``json``...), it cannot contain ``{name``
@@ -216,7 +218,11 @@ class _Builder:
                 sep = "" if i == 0 else "\\n\\n"
                 parts.append(f'"{sep}[[ ## {name} ## ]]\\n"')
                 parts.append(self.chat_value(ann, name))
-            parts.append('"\\n\\n[[ ## completed ## ]]" "\\n"?')  # demos end in a newline
+            # The completed marker is optional: the model may end the reply (EOS) right after
+            # the last value, as it does unconstrained. A required marker masks EOS, so a
+            # model that wants to stop after "Neptune" must ramble on up to the length cap
+            # before the grammar lets it out. DSPy's parse does not need the marker.
+            parts.append('("\\n\\n[[ ## completed ## ]]" "\\n"?)?')  # demos end in a newline
         else:
             parts.append('"{\\n"')
             for i, (name, ann) in enumerate(fields):
