@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._lazy import attach
 from .errors import (
     CallTimeout,
     CheckFailed,
@@ -195,19 +196,13 @@ __all__ = [  # noqa: RUF022 - grouped by layer
 _SUBPACKAGES = {"pool", "testing", "bridge", "local", "router", "api", "wire"}
 
 
+_lazy_getattr, __dir__ = attach(__name__, _LAZY, globals())
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return _lazy_getattr(name)  # stores the value: later lookups skip this function
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -28,8 +28,9 @@ _procsafe.py (leave with the host, kill descendants), handler.py (``@handler``, 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 # Eager (stdlib only): the submodule ``handler`` would otherwise shadow the decorator.
 from .handler import Context, handler
@@ -49,13 +50,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex.pool' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = attach(__name__, _LAZY, globals())[0]
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -14,8 +14,9 @@ Names load lazily so ``import dspex.testing`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import attach
 
 __all__ = ["DummyLM", "FakeLMServer", "Fault", "RemoteFakeLMServer", "Reply", "autofill"]
 
@@ -29,13 +30,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'dspex.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = attach(__name__, _LAZY, globals())[0]
 
 
 if TYPE_CHECKING:  # pragma: no cover
