@@ -130,10 +130,13 @@ def json_replies(draw: st.DrawFn, s: dict[str, Any]) -> str:
         return f"```json\n{body}\n```"
     if style == 2:
         return f"Here is the answer:\n{body}\nHope it helps."
-    if style == 3:
+    compact = json.dumps(_jsonish(obj))
+    if style == 3 and "\\\\\\u" not in compact:
         # Missing closing brace, compact JSON only: on truncated *indented* JSON json_repair
-        # makes guesses (it drops an empty nested array) that dspex does not copy.
-        return json.dumps(_jsonish(obj)).rstrip("}")
+        # makes guesses (it drops an empty nested array) that dspex does not copy. Nor when an
+        # escaped backslash precedes a \uXXXX escape: truncated, json_repair reads
+        # "\\\u001f" as a backslash and the text "u001f" (dspex decodes the escape).
+        return compact.rstrip("}")
     if style == 4 and _plain_strings(obj):
         # A Python dict: single quotes, True/None. (Only with plain strings: json_repair
         # cuts a single-quoted string at ",}" etc., a guess dspex does not copy.)
