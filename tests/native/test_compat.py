@@ -4,8 +4,11 @@ signatures without outputs)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
 import types
 from typing import Any, Optional
 
@@ -207,7 +210,20 @@ def test_parenthesised_union_parses_as_dspy() -> None:
     ours, theirs = signature(spec), dspy.Signature(spec)
     for name in ("a", "b"):
         assert ours.fields[name].annotation == theirs.fields[name].annotation
-        assert ours.fields[name].type_name == dspy.adapters.utils.get_annotation_name(theirs.fields[name].annotation)
+    # The order of a Union's members (and so its name) is whatever CPython's typing cache
+    # holds first: Union[int, float] == Union[float, int], so an earlier test's union can
+    # be returned for this one, in DSPy as in dspex. Exact names are compared in a fresh
+    # interpreter, where the order follows the text.
+    script = (
+        "import dspy, json; from dspex.native.signature import signature\n"
+        f"spec = {spec!r}\n"
+        "ours, theirs = signature(spec), dspy.Signature(spec)\n"
+        "print(json.dumps([[ours.fields[n].type_name, "
+        "dspy.adapters.utils.get_annotation_name(theirs.fields[n].annotation)] for n in ('a', 'b')]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    pairs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert pairs == [["Union[str, int, float, NoneType]"] * 2, ["Union[int, str]"] * 2]
     with pytest.raises(dspex.SignatureError, match="never closed"):
         signature("a: (int | str -> b")
 
