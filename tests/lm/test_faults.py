@@ -221,3 +221,40 @@ def test_rate_limit_rpm_from_threads_and_tasks(fake_lm: FakeLMServer) -> None:
     assert len(times) == 15
     # 15 requests at 10/s with a burst of 10 cannot finish in under ~0.5 s
     assert times[-1] - times[0] >= 0.4
+
+
+def test_total_timeout_bounds_a_call_over_its_retries(fake_lm: FakeLMServer) -> None:
+    # Without total_timeout this call makes 4 attempts of 1 s each (plus backoff waits).
+    fake_lm.script([Fault.hang()] * 4)
+    lm = lm_for(fake_lm, timeout=1.0, num_retries=3, total_timeout=1.2)
+    with pytest.raises(dspex.LMTimeout, match=r"total_timeout=1.2 s") as info:
+        lm.complete(MSGS)
+    assert len(fake_lm.requests) < 4 and isinstance(info.value.__cause__, dspex.LMTimeout)
+    assert _spec_total_timeout(lm) == 1.2
+
+
+def test_total_timeout_gives_up_before_a_wait_it_cannot_afford(fake_lm: FakeLMServer) -> None:
+    # The server asks for a 30 s wait: within a 2 s budget that retry cannot happen, so the
+    # caller learns now (a typed timeout naming the 429) instead of after the wait.
+    fake_lm.script([Fault.rate_limit(retry_after=30), "late"])
+    with pytest.raises(dspex.LMTimeout, match="Rate limit") as info:
+        lm_for(fake_lm, num_retries=3, total_timeout=2.0).complete(MSGS)
+    assert isinstance(info.value.__cause__, dspex.LMRateLimited) and len(fake_lm.requests) == 1
+
+
+async def test_total_timeout_async(fake_lm: FakeLMServer) -> None:
+    fake_lm.script([Fault.hang()] * 4)
+    with pytest.raises(dspex.LMTimeout, match="total_timeout"):
+        await lm_for(fake_lm, timeout=1.0, num_retries=3, total_timeout=1.2).acomplete(MSGS)
+    assert len(fake_lm.requests) < 4
+
+
+def test_total_timeout_must_be_positive(fake_lm: FakeLMServer) -> None:
+    with pytest.raises(dspex.ConfigError, match="total_timeout"):
+        lm_for(fake_lm, total_timeout=0)
+
+
+def _spec_total_timeout(lm: dspex.LM) -> float | None:
+    spec = lm.to_spec()
+    assert "total_timeout" not in (lm.extra or {})  # a constructor option, not a request field
+    return dspex.LM.from_spec(spec).total_timeout

@@ -27,11 +27,9 @@ new rollout id misses the cache, and repeating one hits its own entry.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import os
 import random
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from ..settings import current
 from . import _http
 from . import transport as _transport
 from ._decode import decode_reply
+from ._ratelimit import TokenBucket, estimate_tokens, parse_retry_after
 
 __all__ = ["LM", "BaseLM", "Completion", "TokenBucket"]
 
@@ -99,66 +98,6 @@ class Completion:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "usage": self.usage, "model": self.model, "raw": self.raw, "texts": self.texts}
-
-
-class TokenBucket:
-    """A token bucket usable from threads and asyncio tasks at once.
-
-    ``reserve(n)`` takes ``n`` tokens now (the level may go negative) and returns
-    how long the caller must wait before using them, so nothing sleeps while
-    holding the lock and waiters are served in arrival order.
-    """
-
-    def __init__(self, rate: float, capacity: float | None = None):
-        if rate <= 0:
-            raise ConfigError(f"rate limit must be > 0, got {rate}")
-        self.rate = float(rate)  # tokens per second
-        self.capacity = float(capacity if capacity is not None else max(1.0, rate))
-        self._level = self.capacity
-        self._stamp = time.monotonic()
-        self._lock = threading.Lock()
-
-    def reserve(self, n: float = 1.0) -> float:
-        with self._lock:
-            now = time.monotonic()
-            self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._level -= n
-            return 0.0 if self._level >= 0 else -self._level / self.rate
-
-    def acquire(self, n: float = 1.0) -> None:
-        wait = self.reserve(n)
-        if wait > 0:
-            time.sleep(wait)
-
-    async def aacquire(self, n: float = 1.0) -> None:
-        wait = self.reserve(n)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-
-def _parse_retry_after(headers: dict[str, str]) -> float | None:
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _estimate_tokens(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(m.get("content") or "")) for m in messages) // 4 + 1
 
 
 class _Call:
@@ -232,6 +171,7 @@ class LM(BaseLM):
         max_tokens: int | None = None,
         timeout: float = 60.0,
         num_retries: int = 3,
+        total_timeout: float | None = None,
         cache: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
@@ -252,6 +192,8 @@ class LM(BaseLM):
             )
         if num_retries < 0:
             raise ConfigError(f"num_retries must be >= 0, got {num_retries}")
+        if total_timeout is not None and not total_timeout > 0:
+            raise ConfigError(f"total_timeout must be > 0 seconds (or None for no overall limit), got {total_timeout}")
         self.model = model
         self.provider = provider
         self.model_name = name
@@ -265,6 +207,8 @@ class LM(BaseLM):
         self.max_tokens = max_tokens
         self.timeout = float(timeout)
         self.num_retries = int(num_retries)
+        # One call's budget over all attempts and backoff waits (``timeout`` bounds each attempt).
+        self.total_timeout = None if total_timeout is None else float(total_timeout)
         self.cache = cache
         self.rpm, self.tpm, self.rps = rpm, tpm, rps
         self.grammar = grammar
@@ -321,6 +265,7 @@ class LM(BaseLM):
             "max_tokens": self.max_tokens,
             "timeout": self.timeout,
             "num_retries": self.num_retries,
+            "total_timeout": self.total_timeout,
             "cache": self.cache,
             "rpm": self.rpm,
             "tpm": self.tpm,
@@ -470,7 +415,7 @@ class LM(BaseLM):
         out = Completion(texts[0], usage, d.model or self.model_name, d.data, False, texts)
         current().record_usage(self.model, prompt, completion)
         if self._tok_bucket is not None:  # settle the estimate taken before the call
-            self._tok_bucket.reserve(prompt + completion - _estimate_tokens(messages))
+            self._tok_bucket.reserve(prompt + completion - estimate_tokens(messages))
         if call.use_cache and call.cache_key is not None:
             from .cache import default_cache
 
@@ -502,7 +447,7 @@ class LM(BaseLM):
         lowered = text.lower()
         kw: dict[str, Any] = {"status": status, "model": self.model, "body": text}
         if status == 429:
-            retry_after = _parse_retry_after(resp.headers)
+            retry_after = parse_retry_after(resp.headers)
             exc: LMError = LMRateLimited(
                 f"{self.model}: rate limited by {self.url} (HTTP 429"
                 f"{f', retry after {retry_after:.3g}s' if retry_after is not None else ''}): {detail}. "
@@ -526,7 +471,7 @@ class LM(BaseLM):
         exc = LMBadResponse(f"{self.model}: {self.url} answered HTTP {status}: {detail}", **kw)
         if status >= 500 or status == 408:
             exc.retryable = True  # server-side trouble: trying again can succeed
-            exc.retry_after = _parse_retry_after(resp.headers)
+            exc.retry_after = parse_retry_after(resp.headers)
         return exc
 
     def _transport_error(self, exc: Exception, attempts: int) -> LMError:
@@ -562,6 +507,37 @@ class LM(BaseLM):
             return exc.retry_after + random.uniform(0, 0.05)  # at least what the server asked for
         return min(30.0, self._backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
 
+    def _deadline(self) -> float | None:
+        return None if self.total_timeout is None else time.monotonic() + self.total_timeout
+
+    def _attempt_timeout(self, deadline: float | None, attempts: int, last: LMError | None) -> float:
+        """This attempt's timeout: ``timeout``, cut to what is left of ``total_timeout``."""
+        if deadline is None:
+            return self.timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise self._out_of_time(attempts, last)
+        return min(self.timeout, left)
+
+    def _next_wait(self, attempt: int, err: LMError, deadline: float | None) -> float:
+        """The wait before retrying after ``err``, or raise: no retry left, or no time for one."""
+        delay = self._backoff(attempt, err)
+        if delay is None:
+            raise err
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise self._out_of_time(attempt + 1, err)
+        return delay
+
+    def _out_of_time(self, attempts: int, last: LMError | None) -> LMTimeout:
+        cause = f"; last error: {last}" if last is not None else ""
+        exc = LMTimeout(
+            f"{self.model}: no reply within total_timeout={self.total_timeout:g} s ({attempts} attempt(s) made){cause}. "
+            "Raise total_timeout, or lower timeout/num_retries so the attempts fit in it.",
+            model=self.model,
+        )
+        exc.__cause__ = last
+        return exc
+
     # ----------------------------------------------------------------- sync
     def complete(self, messages: list[dict[str, Any]], **overrides: Any) -> Completion:
         """Send ``messages`` and return the reply. Overrides: temperature, max_tokens, n, grammar, cache, rollout_id, ..."""
@@ -572,19 +548,19 @@ class LM(BaseLM):
         if self._req_bucket is not None:
             self._req_bucket.acquire()
         if self._tok_bucket is not None:
-            self._tok_bucket.acquire(_estimate_tokens(messages))
-        attempt = 0
+            self._tok_bucket.acquire(estimate_tokens(messages))
+        attempt, deadline = 0, self._deadline()
+        err: LMError | None = None
         while True:
+            timeout = self._attempt_timeout(deadline, attempt, err)
             try:
-                resp = self._transport.request("POST", call.path, self._headers(), call.payload, self.timeout)
+                resp = self._transport.request("POST", call.path, self._headers(), call.payload, timeout)
                 return self._finish(call, resp, messages)
             except (_http.Timeout, _http.ConnectError, _transport.BadResponse) as exc:
                 err = self._transport_error(exc, attempt + 1)
             except LMError as exc:
                 err = exc
-            delay = self._backoff(attempt, err)
-            if delay is None:
-                raise err
+            delay = self._next_wait(attempt, err, deadline)
             time.sleep(delay)
             attempt += 1
 
@@ -598,19 +574,19 @@ class LM(BaseLM):
         if self._req_bucket is not None:
             await self._req_bucket.aacquire()
         if self._tok_bucket is not None:
-            await self._tok_bucket.aacquire(_estimate_tokens(messages))
-        attempt = 0
+            await self._tok_bucket.aacquire(estimate_tokens(messages))
+        attempt, deadline = 0, self._deadline()
+        err: LMError | None = None
         while True:
+            timeout = self._attempt_timeout(deadline, attempt, err)
             try:
-                resp = await self._transport.arequest("POST", call.path, self._headers(), call.payload, self.timeout)
+                resp = await self._transport.arequest("POST", call.path, self._headers(), call.payload, timeout)
                 return self._finish(call, resp, messages)
             except (_http.Timeout, _http.ConnectError, _transport.BadResponse) as exc:
                 err = self._transport_error(exc, attempt + 1)
             except LMError as exc:
                 err = exc
-            delay = self._backoff(attempt, err)
-            if delay is None:
-                raise err
+            delay = self._next_wait(attempt, err, deadline)
             await asyncio.sleep(delay)
             attempt += 1
 
