@@ -99,7 +99,7 @@ class _Worker:
         self.proto_error: str | None = None
         self.kill_reason: str | None = None
         self.full = False  # reached max_requests / max_rss_mb: no new calls
-        # Re-dispatch proof (see _Supervisor._finalize): the call whose frame was the last
+        # Re-dispatch proof (see Supervisor.finalize): the call whose frame was the last
         # thing written, and whether the worker closed with bytes of ours unread (ECONNRESET)
         self.last: Any = None
         self.reset = False
