@@ -95,7 +95,9 @@ class Parts:
         self.shared.workers.clear()
         self.io.wake()
         self.io.join()
-        self.io.close()
+        self.io.unwatch(self.w.fd)
+        self.w.sock.close()  # the socket object owns its fd: never let io.close() close it under it
+        self.io.close()  # the wake eventfd and the stderr pipe
         os.close(self.err_w)
         self.peer.close()
 
