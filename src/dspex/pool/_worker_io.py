@@ -264,6 +264,12 @@ class WorkerIO:
                 w.armed = False
 
     def arm(self, w: _Worker) -> None:
+        # Nothing to flush, and input already watched or no call to watch it for: skip the
+        # send_lock (callers contend for it with the writers). Safe without the lock:
+        # ``armed`` is only True while the one-shot input registration is live (the I/O
+        # thread re-arms after every event), and whoever sends a call arms after it.
+        if not w.outbuf and (w.armed or not w.inflight):
+            return
         with w.send_lock:
             self._arm_locked(w)
 
