@@ -172,7 +172,7 @@ def _deliver_event(call: _Call, event: Any) -> None:
 
 class Caller:
     """The caller's side of a call: build it, submit it (``Dispatcher``), wait for it
-    (reading its own reply through ``WorkerIO.lead`` when alone on its worker), raise or
+    (reading its own reply through ``WorkerIO.lead`` when nobody reads its worker), raise or
     return. Runs on the calling threads; owns the request ids, the per-handler latency
     EWMA (what makes a call "short") and the latency reservoir, all used without a lock
     (``itertools.count`` and dict updates are atomic under the GIL; the EWMA is a hint)."""
@@ -274,11 +274,12 @@ class Caller:
         if call.lock is not None:
             w = call.worker
             try:
-                # Alone on this worker: read our own reply on this thread (no thread hop).
-                # With company, the I/O thread reads for everyone: one wake-up serves a
-                # batch of replies, which costs less than callers taking turns.
+                # Nobody reads this worker: read our own reply on this thread (no thread
+                # hop), completing the calls ahead of ours on the way. Measured (2 workers,
+                # 8 callers): cheaper than leaving a worker with company to the I/O thread,
+                # which has to wake each caller. Whoever reads, the others wait their turn.
                 if w is not None:
-                    if len(w.inflight) <= 1 and w.rlock.acquire(False):
+                    if w.rlock.acquire(False):
                         try:
                             self._io.lead(w, call)
                         finally:

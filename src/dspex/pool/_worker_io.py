@@ -5,7 +5,7 @@ table and counters. ``WorkerIO`` writes frames (send lock, non-blocking, partial
 writes flushed by the I/O thread), arms the one-shot epoll registrations, runs the
 I/O thread (worker sockets, stderr pipes, the template's control socket), turns
 worker messages into completed calls, runs host callbacks, and holds the fast path
-where a sync caller alone on a worker reads its own reply (``lead``)."""
+where a sync caller finding nobody reading its worker reads its own reply (``lead``)."""
 
 from __future__ import annotations
 
