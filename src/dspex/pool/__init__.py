@@ -7,14 +7,14 @@
 Names load lazily so that worker processes, which import ``dspex.pool.handler``
 and ``dspex.pool.worker``, do not pay for the host-side machinery.
 
-Modules. Host side (``Pool`` is one class assembled from the ``_`` parts):
+Modules. Host side (``Pool`` owns one object per ``_`` part, wired in ``Pool._post_init``):
   pool.py         ``Pool``: the public facade (start/close, call/acall/stream, sessions, stats)
-  _state.py       the constructor: configuration and the state all parts share
-  _call.py        a call: ``_Call``, ``CallResult``, waiting for it, delivering its outcome
-  _dispatch.py    routing, affinity, pipelining, queues and backpressure, cancellation
-  _worker_io.py   ``_Worker`` connections, frame writes, the I/O thread, the read fast path
-  _supervisor.py  worker lifecycle: spawn, handshake, crash/recycle, restart backoff
-  _template.py    the template (zygote) process that forks workers, from the host's side
+  _state.py       ``PoolConfig`` (the options) and ``PoolShared`` (routing state under the pool lock)
+  _call.py        ``Caller``: a call (``_Call``, ``CallResult``), waiting for it, delivering its outcome
+  _dispatch.py    ``Dispatcher``: routing, affinity, pipelining, queues and backpressure, cancellation
+  _worker_io.py   ``WorkerIO``: ``_Worker`` connections, frame writes, the I/O thread, the read fast path
+  _supervisor.py  ``Supervisor``: worker lifecycle: spawn, handshake, crash/recycle, restart backoff
+  _template.py    ``Template``: the template (zygote) process that forks workers, from the host's side
   _manager.py     ``PoolManager``: named pools from config, the default ``manager()``
   sessions.py     the session store (worker binding, cap, TTL); stats.py: latency quantiles
   backend.py      ``PoolBackend``: the interface both backends offer; ``backend =`` in config

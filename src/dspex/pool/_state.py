@@ -1,35 +1,30 @@
-"""``_PoolState``: a Pool's configuration and the state its parts share.
+"""A Pool's configuration (``PoolConfig``) and the routing state its parts share
+(``PoolShared``, guarded by its one lock).
 
-``Pool`` (pool.py) is assembled from parts that each own one job (``_CallerSide``,
-``_Dispatch``, ``_WorkerIO``, ``_Supervisor``, ``_Template``); all of them work on
-the one object whose fields ``__init__`` below sets up, guarded by ``_lock``. The
-stubs at the end name what each part offers the others (for type checkers only).
+``Pool`` (pool.py) is its configuration plus parts that each own one job and get only
+what they need: ``Caller`` (``_call.py``), ``Dispatcher`` (``_dispatch.py``),
+``WorkerIO`` (``_worker_io.py``), ``Supervisor`` (``_supervisor.py``) and ``Template``
+(``_template.py``). State more than one part reads and writes lives in ``PoolShared``;
+everything else belongs to one part (each part's docstring says what it owns).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import ConfigError, WorkerStartError
 from dspex.pool import protocol as P
 from dspex.pool.sessions import SessionStore
-from dspex.pool.stats import LatencyReservoir
 
 if TYPE_CHECKING:
-    import socket
-    import subprocess
-
     from dspex.pool._call import _Call
     from dspex.pool._worker_io import _Worker
-    from dspex.pool.sessions import Session
 
 
 # Queued calls hold their encoded request: bound the bytes, not only the count (a call
@@ -57,8 +52,9 @@ def _stderr_default() -> bool:
     raise ConfigError(f"DSPEX_POOL_STDERR must be 'quiet' or 'forward', not {v!r}")
 
 
-class _PoolState:
-    """Configuration (public attributes) and shared state (``_`` attributes)."""
+class PoolConfig:
+    """The constructor's options as public attributes, validated here. Read-only after
+    construction, so every thread reads them without a lock."""
 
     def __init__(
         self,
@@ -135,29 +131,52 @@ class _PoolState:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
 
-        self._codec = P.Codec(allow_pickle, max_frame)
-        self._lock = threading.Lock()
-        self._workers: list[_Worker] = []
-        self._by_pid: dict[int, _Worker] = {}
-        self._by_token: dict[int, _Worker] = {}
-        self._queue: deque[_Call] = deque()
-        self._n_queued = 0  # general + strict queues
-        self._q_bytes = 0  # their request frames' bytes (queue_max_bytes)
-        self._sessions = SessionStore(max_sessions, session_ttl_s)
-        self._handler_table: dict[str, list[Any]] = {}
-        self._ewma: dict[str, float] = {}
-        self._rids = itertools.count(1)
-        self._tokens = 0
-        self._state = "new"  # new -> running -> closed
-        self._closed = False
-        self._start_error: WorkerStartError | None = None
-        self._fail_streak = 0
-        self._next_start_at = 0.0
-        self._ready_cond = threading.Condition(self._lock)
-        self._wake_sup = threading.Event()
-        self._executor: ThreadPoolExecutor | None = None
-        self._latency = LatencyReservoir()
-        self._counts = {
+        self._post_init(P.Codec(allow_pickle, max_frame), max_sessions, session_ttl_s)
+
+    def _post_init(self, codec: P.Codec, max_sessions: int, session_ttl_s: float | None) -> None:
+        """Pool builds its parts here (keeps one constructor signature, defined above)."""
+
+
+class PoolShared:
+    """The routing state more than one part reads and writes. Every field is guarded by
+    ``lock`` (the pool lock; lock order: pool lock -> a worker's ``send_lock``) unless its
+    comment says otherwise. Never held across a blocking wait, a handler or a callback."""
+
+    __slots__ = (
+        "by_pid",
+        "by_token",
+        "closed",
+        "counts",
+        "handler_table",
+        "lock",
+        "n_queued",
+        "q_bytes",
+        "queue",
+        "ready_cond",
+        "sessions",
+        "start_error",
+        "state",
+        "wake_sup",
+        "workers",
+    )
+
+    def __init__(self, max_sessions: int, session_ttl_s: float | None) -> None:
+        self.lock = threading.Lock()
+        self.ready_cond = threading.Condition(self.lock)  # a worker ready, a start failed, closed
+        self.wake_sup = threading.Event()  # thread-safe itself: wakes the supervisor thread
+        # Worker records: the supervisor adds and removes them (the template fills in
+        # by_pid when a fork is reported); the dispatcher routes on them.
+        self.workers: list[_Worker] = []
+        self.by_pid: dict[int, _Worker] = {}
+        self.by_token: dict[int, _Worker] = {}
+        # The general queue (per-worker queues: ``_Worker.strict_q``): the dispatcher's; the
+        # supervisor re-queues a dead worker's unstarted calls; Pool.close empties them.
+        self.queue: deque[_Call] = deque()
+        self.n_queued = 0  # general + strict queues
+        self.q_bytes = 0  # their request frames' bytes (queue_max_bytes)
+        # The dispatcher binds sessions to workers; the supervisor unbinds and expires them.
+        self.sessions = SessionStore(max_sessions, session_ttl_s)
+        self.counts = {
             "calls": 0,
             "errors": 0,
             "timeouts": 0,
@@ -171,69 +190,19 @@ class _PoolState:
             "requeued": 0,
             "protocol_errors": 0,
         }
-        # template (zygote)
-        self._zproc: subprocess.Popen[bytes] | None = None
-        self._zctl: socket.socket | None = None
-        self._zerr_fd = -1
-        self._zerr_tail = bytearray()
-        self._zready = False
-        self._zinfo: dict[str, Any] = {}
-        self._zstarted_at = 0.0
-        # threads
-        self._ep: Any = None
-        self._wake_fd = -1
-        self._fdmap: dict[int, tuple[str, Any]] = {}
-        self._io_thread: threading.Thread | None = None
-        self._sup_thread: threading.Thread | None = None
-        self._last_slow_tick = 0.0
-        self._next_spill = float("inf")  # earliest spill_at of a hint call waiting for its worker
+        # Written under the lock, read without it by callers (a stale read only takes the
+        # slow path, which locks). handler_table: the template's, replaced whole when it is ready.
+        self.handler_table: dict[str, list[Any]] = {}
+        self.state = "new"  # Pool: new -> running -> closed
+        self.closed = False  # Pool.close
+        self.start_error: WorkerStartError | None = None  # the supervisor's: cleared by a ready worker
 
-    def _queued(self, call: _Call) -> None:
+    def queued(self, call: _Call) -> None:
         """Count a call into the queues (general or a worker's). Lock held."""
-        self._n_queued += 1
-        self._q_bytes += len(call.frame)
+        self.n_queued += 1
+        self.q_bytes += len(call.frame)
 
-    def _unqueued(self, call: _Call) -> None:
+    def unqueued(self, call: _Call) -> None:
         """Count a call out of the queues. Lock held."""
-        self._n_queued -= 1
-        self._q_bytes -= len(call.frame)
-
-    if TYPE_CHECKING:  # what each part offers the others (defined in the modules named)
-        # pool.py
-        def start(self) -> _PoolState: ...
-
-        # _dispatch.py
-        def _abandon(self, call: _Call, timed_out: bool) -> bool: ...
-        def _submit(self, call: _Call) -> None: ...
-        def _pump(self, out: list[tuple[_Worker, _Call]]) -> None: ...
-        def _send_pumped(self, out: list[tuple[_Worker, _Call]]) -> None: ...
-        def _release(self, w: _Worker, call: _Call) -> None: ...
-        @staticmethod
-        def _is_running(w: _Worker, call: _Call) -> bool: ...
-        def _unwait_hints(self, w: _Worker, now: float | None) -> None: ...
-        def _spill_overdue(self, now: float) -> None: ...
-        def _drop_in_workers(self, sessions: list[Session]) -> None: ...
-
-        # _worker_io.py
-        def _send_call(self, w: _Worker, call: _Call) -> bool: ...
-        def _send_msg(self, w: _Worker, msg: list[Any]) -> None: ...
-        def _arm(self, w: _Worker) -> None: ...
-        def _lead(self, w: _Worker, call: _Call) -> None: ...
-        def _on_readable(self, w: _Worker, flags: int = ...) -> None: ...
-        def _drain_stderr(self, fd: int, owner: Any) -> None: ...
-
-        # _supervisor.py
-        def _on_ready(self, w: _Worker, m: list[Any]) -> None: ...
-        def _on_eof(self, w: _Worker) -> None: ...
-        def _on_limit(self, w: _Worker, what: str) -> None: ...
-        def _protocol_error(self, w: _Worker, message: str) -> None: ...
-        def _retire(self, w: _Worker, reason: str) -> None: ...
-        def _kill(self, w: _Worker, reason: str) -> None: ...
-        def _finalize(self, w: _Worker, why: str) -> None: ...
-        def _start_failed(self, err: WorkerStartError) -> None: ...
-
-        # _template.py
-        def _start_zygote(self) -> None: ...
-        def _on_zygote(self) -> None: ...
-        def _zsend(self, msg: list[Any], fds: list[int] | None = None) -> bool: ...
-        def _zkill(self, pid: int, sig: int) -> None: ...
+        self.n_queued -= 1
+        self.q_bytes -= len(call.frame)

@@ -1,4 +1,4 @@
-"""Worker lifecycle and supervision (``_Supervisor``): spawn workers, the ready
+"""Worker lifecycle and supervision (``Supervisor``): spawn workers, the ready
 handshake, hang-ups and bad frames, retiring / draining / killing, the end of a
 worker (fail its running call, re-queue the rest), start failures with exponential
 backoff, and the supervisor thread that keeps the pool at size (start timeouts,
@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 from typing import Any
@@ -18,16 +19,18 @@ from typing import Any
 from dspex.errors import PoolClosed, ProtocolError, SessionLost, WorkerCrashed, WorkerStartError
 from dspex.pool import protocol as P
 from dspex.pool._call import _QUEUED, _Call, _finish
-from dspex.pool._state import _PoolState
+from dspex.pool._dispatch import Dispatcher
+from dspex.pool._state import PoolConfig, PoolShared
+from dspex.pool._template import Template
 from dspex.pool._worker_io import (
-    _EP_IN,
-    _EP_ONE,
     DEAD,
     DRAINING,
     READY,
     RETIRING,
     STARTING,
     STOPPING,
+    WorkerIO,
+    _tail,
     _Worker,
 )
 
@@ -41,10 +44,6 @@ def _signal_name(sig: int | None) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return f"signal {sig}"
-
-
-def _tail(buf: bytearray, n: int = 4000) -> str:
-    return bytes(buf[-n:]).decode("utf-8", "replace")
 
 
 def _reset_pending(w: _Worker) -> bool:
@@ -63,10 +62,49 @@ def _read_rss_kb(pid: int) -> int:
         return 0
 
 
-class _Supervisor(_PoolState):
-    """Keeps ``size`` workers ready. Runs on the supervisor and I/O threads."""
+class Supervisor:
+    """Keeps ``size`` workers ready. Runs on the supervisor thread (its loop, spawning)
+    and the I/O thread (events from workers and the template). Owns the worker records'
+    lifecycle (``_Worker.state``, adding/removing them in ``PoolShared``, all under the
+    pool lock), the start backoff (``_fail_streak``, ``_next_start_at``: under the pool
+    lock, read without it by its own thread) and the supervisor thread."""
 
-    def _spawn_worker(self) -> None:
+    def __init__(
+        self,
+        cfg: PoolConfig,
+        shared: PoolShared,
+        codec: P.Codec,
+        io: WorkerIO,
+        dispatch: Dispatcher,
+        template: Template,
+    ) -> None:
+        self._cfg = cfg
+        self._s = shared
+        self._codec = codec
+        self._io = io
+        self._dispatch = dispatch
+        self._template = template
+        self._tokens = 0  # spawn tokens (supervisor thread only)
+        self._fail_streak = 0
+        self._next_start_at = 0.0
+        self._last_slow_tick = 0.0  # supervisor thread only
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._sup_loop, name=f"dspex-pool-{self._cfg.name}-sup", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=2.0)
+
+    def set_next_start(self, at: float) -> None:
+        """When the template may be (re)started next (inf: not until told again)."""
+        with self._s.lock:
+            self._next_start_at = at
+
+    def spawn_worker(self) -> None:
         host, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         err_r, err_w = os.pipe()
         os.set_blocking(err_r, False)
@@ -79,96 +117,91 @@ class _Supervisor(_PoolState):
         self._tokens += 1
         token = self._tokens
         w = _Worker(token, host, err_r, P.FrameReader(self._codec))
-        with self._lock:
-            self._workers.append(w)
-            self._by_token[token] = w
-            self._fdmap[w.fd] = ("w", w)
-            self._fdmap[err_r] = ("err", w)
-        self._ep.register(w.fd, _EP_IN | _EP_ONE)
-        self._ep.register(err_r, _EP_IN)
-        ok = self._zsend([P.Z_FORK, token], [child.fileno(), err_w])
+        with self._s.lock:
+            self._s.workers.append(w)
+            self._s.by_token[token] = w
+        self._io.watch_worker(w)
+        ok = self._template.send([P.Z_FORK, token], [child.fileno(), err_w])
         child.close()
         os.close(err_w)
         if not ok:
-            self._finalize(w, "template unavailable")
+            self.finalize(w, "template unavailable")
 
-    def _on_ready(self, w: _Worker, m: list[Any]) -> None:
+    def on_ready(self, w: _Worker, m: list[Any]) -> None:
         out: list[tuple[_Worker, _Call]] = []
-        with self._lock:
+        with self._s.lock:
             if w.state != STARTING:
                 return
             w.pid = int(m[1])
             w.info = m[2] if isinstance(m[2], dict) else {}
-            self._by_pid[w.pid] = w
+            self._s.by_pid[w.pid] = w
             w.state = READY
             w.ready_at = time.monotonic()
             self._fail_streak = 0
-            self._start_error = None
+            self._s.start_error = None
             # a replacement is up: drain one retiring worker
-            for old in self._workers:
+            for old in self._s.workers:
                 if old.state == RETIRING:
                     self._drain(old)
                     break
-            self._pump(out)
-            self._ready_cond.notify_all()
+            self._dispatch.pump(out)
+            self._s.ready_cond.notify_all()
         if out:
-            self._send_pumped(out)
+            self._dispatch.send_pumped(out)
 
-    def _on_eof(self, w: _Worker) -> None:
+    def on_eof(self, w: _Worker) -> None:
         w.eof = True
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            self._ep.unregister(w.fd)
+        self._io.unregister(w.fd)
         if w.exit is not None:
-            self._finalize(w, "exit")
+            self.finalize(w, "exit")
         else:
             if w.stop_at is None:
                 w.stop_at = time.monotonic()
             if w.pid:
-                self._zkill(w.pid, signal.SIGKILL)  # a worker that hung up is finished
-            self._wake_sup.set()
+                self._template.kill(w.pid, signal.SIGKILL)  # a worker that hung up is finished
+            self._s.wake_sup.set()
 
-    def _on_limit(self, w: _Worker, what: str) -> None:
+    def on_limit(self, w: _Worker, what: str) -> None:
         """The worker passed ``what`` (max_rss_mb): no new calls; replace it (I/O thread)."""
-        with self._lock:
+        with self._s.lock:
             w.full = True
-            self._retire(w, what)
+            self.retire(w, what)
 
-    def _protocol_error(self, w: _Worker, message: str) -> None:
-        with self._lock:
+    def protocol_error(self, w: _Worker, message: str) -> None:
+        with self._s.lock:
             if w.proto_error:
                 return
             w.proto_error = message
-            self._counts["protocol_errors"] += 1
+            self._s.counts["protocol_errors"] += 1
             if w.state != DEAD:
                 w.state = STOPPING
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            self._ep.unregister(w.fd)
+        self._io.unregister(w.fd)
         if w.pid:
-            self._zkill(w.pid, signal.SIGKILL)
+            self._template.kill(w.pid, signal.SIGKILL)
         else:
-            self._finalize(w, "protocol")
+            self.finalize(w, "protocol")
 
-    def _retire(self, w: _Worker, reason: str) -> None:
+    def retire(self, w: _Worker, reason: str) -> None:
         """Plan ``w``'s replacement; it keeps serving until the new one is ready. Lock held."""
         if w.state != READY:
             return
         w.state = RETIRING
         w.kill_reason = reason
-        self._counts["recycles"] += 1
-        self._wake_sup.set()
+        self._s.counts["recycles"] += 1
+        self._s.wake_sup.set()
 
     def _drain(self, w: _Worker) -> None:
         """Stop routing to ``w``; the supervisor stops it once idle. Lock held."""
         w.state = DRAINING
-        self._unwait_hints(w, None)
-        for s in self._sessions.bound_to(w):
-            if self.affinity == "strict":
+        self._dispatch.unwait_hints(w, None)
+        for s in self._s.sessions.bound_to(w):
+            if self._cfg.affinity == "strict":
                 s.lost = True
             s.worker = None
-        self._wake_sup.set()
+        self._s.wake_sup.set()
 
-    def _kill(self, w: _Worker, reason: str) -> None:
-        with self._lock:
+    def kill(self, w: _Worker, reason: str) -> None:
+        with self._s.lock:
             if w.state == DEAD:
                 return
             w.kill_reason = reason
@@ -176,10 +209,10 @@ class _Supervisor(_PoolState):
             if w.stop_at is None:
                 w.stop_at = time.monotonic()
         if w.pid:
-            self._zkill(w.pid, signal.SIGKILL)
-        self._wake_sup.set()
+            self._template.kill(w.pid, signal.SIGKILL)
+        self._s.wake_sup.set()
 
-    def _finalize(self, w: _Worker, why: str) -> None:
+    def finalize(self, w: _Worker, why: str) -> None:
         """``w`` is gone: fail the calls it may have started, re-dispatch the others.
 
         A call provably never started (re-queued; handlers need not be idempotent, so
@@ -195,59 +228,57 @@ class _Supervisor(_PoolState):
         """
         fail: list[tuple[_Call, BaseException]] = []
         out: list[tuple[_Worker, _Call]] = []
-        with self._lock:
+        with self._s.lock:
             if w.state == DEAD:
                 return
             was_ready = w.state in (READY, RETIRING, DRAINING, STOPPING) and w.ready_at > 0
-            planned = w.kill_reason in ("max_requests", "max_age_s", "max_rss_mb") or self._closed
+            planned = w.kill_reason in ("max_requests", "max_age_s", "max_rss_mb") or self._s.closed
             w.state = DEAD
             with w.send_lock:
                 calls = list(w.inflight.values())
                 w.inflight.clear()
                 w.outbuf.clear()
             with contextlib.suppress(ValueError):
-                self._workers.remove(w)
-            self._by_pid.pop(w.pid, None)
-            self._by_token.pop(w.token, None)
-            self._fdmap.pop(w.fd, None)
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                self._ep.unregister(w.fd)
+                self._s.workers.remove(w)
+            self._s.by_pid.pop(w.pid, None)
+            self._s.by_token.pop(w.token, None)
+            self._io.unwatch(w.fd)
             code, sig = w.exit if w.exit is not None else (None, None)
             how = f"killed by {_signal_name(sig)}" if sig else f"exit code {code}"
-            if not was_ready and not self._closed:
+            if not was_ready and not self._s.closed:
                 # died before its ready handshake: a start failure (back off)
-                self._drain_stderr(w.err_fd, w)
-                tail = _tail(w.err_tail) or _tail(self._zerr_tail)
+                self._io.drain_stderr(w.err_fd, w)
+                tail = _tail(w.err_tail) or _tail(self._template.err_tail)
                 err = WorkerStartError(
-                    f"pool {self.name!r}: worker {w.pid or '?'} failed to start ({why}, {how}). "
+                    f"pool {self._cfg.name!r}: worker {w.pid or '?'} failed to start ({why}, {how}). "
                     f"Its stderr ends with:\n{tail}",
-                    pool=self.name,
+                    pool=self._cfg.name,
                     stderr_tail=tail,
                     pid=w.pid or None,
                     exitcode=code,
                 )
-                self._start_failed_locked(err)
-            elif was_ready and not planned and not self._closed:
-                self._counts["restarts"] += 1
+                self.start_failed_locked(err)
+            elif was_ready and not planned and not self._s.closed:
+                self._s.counts["restarts"] += 1
                 if w.kill_reason not in ("timeout",):
-                    self._counts["crashes"] += 1
-            for s in self._sessions.bound_to(w):
-                if self.affinity == "strict":
+                    self._s.counts["crashes"] += 1
+            for s in self._s.sessions.bound_to(w):
+                if self._cfg.affinity == "strict":
                     s.lost = True
                 s.worker = None
-            self._unwait_hints(w, None)  # hint calls waiting for it go elsewhere
+            self._dispatch.unwait_hints(w, None)  # hint calls waiting for it go elsewhere
             lost = list(w.strict_q)
             w.strict_q.clear()
             for call in lost:
-                self._unqueued(call)
+                self._s.unqueued(call)
             for call in lost:
                 fail.append(
                     (
                         call,
                         SessionLost(
-                            f"pool {self.name!r}: worker {w.pid} holding strict session {call.session!r} died "
+                            f"pool {self._cfg.name!r}: worker {w.pid} holding strict session {call.session!r} died "
                             f"({how}); its state is gone. Drop the session and start a new one.",
-                            pool=self.name,
+                            pool=self._cfg.name,
                             session=call.session,
                             pid=w.pid,
                         ),
@@ -262,17 +293,17 @@ class _Supervisor(_PoolState):
                 started = call.written and call is not unread and (not call.serial or not head_seen)
                 if call.serial:
                     head_seen = True
-                if not started and not self._closed:
+                if not started and not self._s.closed:
                     if call.strict:
-                        s2 = self._sessions.get(call.session) if call.session is not None else None
+                        s2 = self._s.sessions.get(call.session) if call.session is not None else None
                         if s2 is not None and s2.lost:
                             fail.append(
                                 (
                                     call,
                                     SessionLost(
-                                        f"pool {self.name!r}: worker {w.pid} holding strict session "
+                                        f"pool {self._cfg.name!r}: worker {w.pid} holding strict session "
                                         f"{call.session!r} died; its state is gone",
-                                        pool=self.name,
+                                        pool=self._cfg.name,
                                         session=call.session,
                                         pid=w.pid,
                                     ),
@@ -281,22 +312,22 @@ class _Supervisor(_PoolState):
                             continue
                     requeue.append(call)
                     continue
-                if self._closed:
+                if self._s.closed:
                     exc: BaseException = PoolClosed(
-                        f"pool {self.name!r} closed while the call was running", pool=self.name
+                        f"pool {self._cfg.name!r} closed while the call was running", pool=self._cfg.name
                     )
                 elif w.proto_error:
                     exc = ProtocolError(
-                        f"pool {self.name!r}: worker {w.pid} sent a bad frame ({w.proto_error}); "
+                        f"pool {self._cfg.name!r}: worker {w.pid} sent a bad frame ({w.proto_error}); "
                         "it was replaced",
-                        pool=self.name,
+                        pool=self._cfg.name,
                         pid=w.pid,
                     )
                 else:
                     exc = WorkerCrashed(
-                        f"pool {self.name!r}: worker {w.pid} died during the call ({how}); it is being "
+                        f"pool {self._cfg.name!r}: worker {w.pid} died during the call ({how}); it is being "
                         "replaced. Retry if the call is safe to repeat.",
-                        pool=self.name,
+                        pool=self._cfg.name,
                         pid=w.pid,
                         exitcode=code,
                         signal=sig,
@@ -306,45 +337,45 @@ class _Supervisor(_PoolState):
                 call.state = _QUEUED
                 call.worker = None
                 call.written = False
-                self._queue.appendleft(call)
-                self._queued(call)
-                self._counts["requeued"] += 1
-            self._counts["errors"] += len(fail)
-            self._pump(out)
-            self._ready_cond.notify_all()
+                self._s.queue.appendleft(call)
+                self._s.queued(call)
+                self._s.counts["requeued"] += 1
+            self._s.counts["errors"] += len(fail)
+            self._dispatch.pump(out)
+            self._s.ready_cond.notify_all()
         for call, exc in fail:
             _finish(call, False, exc, w.pid)
         if out:
-            self._send_pumped(out)
+            self._dispatch.send_pumped(out)
         with contextlib.suppress(OSError):
             w.sock.close()
-        self._wake_sup.set()
+        self._s.wake_sup.set()
 
-    def _start_failed(self, err: WorkerStartError) -> None:
-        with self._lock:
-            self._start_failed_locked(err)
+    def start_failed(self, err: WorkerStartError) -> None:
+        with self._s.lock:
+            self.start_failed_locked(err)
 
-    def _start_failed_locked(self, err: WorkerStartError) -> None:
-        self._counts["start_failures"] += 1
+    def start_failed_locked(self, err: WorkerStartError) -> None:
+        self._s.counts["start_failures"] += 1
         self._fail_streak += 1
-        delay = min(self.backoff_max_s, self.backoff_base_s * (2 ** (self._fail_streak - 1)))
+        delay = min(self._cfg.backoff_max_s, self._cfg.backoff_base_s * (2 ** (self._fail_streak - 1)))
         self._next_start_at = time.monotonic() + delay
-        self._start_error = err
-        self._ready_cond.notify_all()
+        self._s.start_error = err
+        self._s.ready_cond.notify_all()
         # With no worker able to run them, queued calls fail now instead of waiting.
-        if not any(w.state in (READY, RETIRING) for w in self._workers):
-            queued = list(self._queue)
-            self._queue.clear()
+        if not any(w.state in (READY, RETIRING) for w in self._s.workers):
+            queued = list(self._s.queue)
+            self._s.queue.clear()
             for call in queued:
-                self._unqueued(call)
+                self._s.unqueued(call)
             for call in queued:
                 _finish(call, False, err, 0)  # takes no lock: safe here
 
     def _sup_loop(self) -> None:
-        while not self._closed:
-            self._wake_sup.wait(min(0.05, max(0.0, self._next_spill - time.monotonic())))
-            self._wake_sup.clear()
-            if self._closed:
+        while not self._s.closed:
+            self._s.wake_sup.wait(min(0.05, max(0.0, self._dispatch.next_spill - time.monotonic())))
+            self._s.wake_sup.clear()
+            if self._s.closed:
                 return
             try:
                 self._supervise()
@@ -353,25 +384,25 @@ class _Supervisor(_PoolState):
 
     def _supervise(self) -> None:
         now = time.monotonic()
-        if now >= self._next_spill:
-            self._spill_overdue(now)
+        if now >= self._dispatch.next_spill:
+            self._dispatch.spill_overdue(now)
         # 1. the template
-        if self._zctl is None:
+        if self._template.ctl is None:
             if now >= self._next_start_at:
-                self._start_zygote()
+                self._template.start()
             return
-        if not self._zready:
-            if now - self._zstarted_at > self.start_timeout_s:
-                self._start_failed(
+        if not self._template.ready:
+            if now - self._template.started_at > self._cfg.start_timeout_s:
+                self.start_failed(
                     WorkerStartError(
-                        f"pool {self.name!r}: the worker template was not ready after {self.start_timeout_s} s "
-                        f"(start_timeout_s). Its stderr ends with:\n{_tail(self._zerr_tail)}",
-                        pool=self.name,
-                        stderr_tail=_tail(self._zerr_tail),
+                        f"pool {self._cfg.name!r}: the worker template was not ready after {self._cfg.start_timeout_s} s "
+                        f"(start_timeout_s). Its stderr ends with:\n{_tail(self._template.err_tail)}",
+                        pool=self._cfg.name,
+                        stderr_tail=_tail(self._template.err_tail),
                     )
                 )
-                if self._zproc is not None:
-                    self._zproc.kill()
+                if self._template.proc is not None:
+                    self._template.proc.kill()
             return
         kills: list[tuple[_Worker, str]] = []
         stops: list[_Worker] = []
@@ -380,30 +411,30 @@ class _Supervisor(_PoolState):
         slow = now - self._last_slow_tick >= 0.5
         if slow:
             self._last_slow_tick = now
-        with self._lock:
+        with self._s.lock:
             active = 0
-            for w in self._workers:
-                if w.state in (READY, RETIRING) and self.max_rss_mb is not None and w.pid and not w.full:
+            for w in self._s.workers:
+                if w.state in (READY, RETIRING) and self._cfg.max_rss_mb is not None and w.pid and not w.full:
                     # every pass (<= 50 ms), besides the worker's own check after each call
                     w.rss_kb = _read_rss_kb(w.pid)
-                    if w.rss_kb / 1024 >= self.max_rss_mb:
+                    if w.rss_kb / 1024 >= self._cfg.max_rss_mb:
                         w.full = True
-                        self._retire(w, "max_rss_mb")
+                        self.retire(w, "max_rss_mb")
                 if w.state in (STARTING, READY):
                     active += 1
-                if w.state == STARTING and now - w.spawned_at > self.start_timeout_s:
+                if w.state == STARTING and now - w.spawned_at > self._cfg.start_timeout_s:
                     kills.append((w, "start timeout"))
                 elif w.state == READY and slow:
-                    if self.max_age_s is not None and now - w.ready_at >= self.max_age_s:
-                        self._retire(w, "max_age_s")
+                    if self._cfg.max_age_s is not None and now - w.ready_at >= self._cfg.max_age_s:
+                        self.retire(w, "max_age_s")
                         active -= 1
                 elif w.state == DRAINING and not w.inflight and not (w.n_serial or w.n_conc):
                     # (the counters also cover a call routed here but not yet written)
                     w.state = STOPPING
                     w.stop_at = now
                     stops.append(w)
-                elif w.state == STOPPING and w.stop_at is not None and now - w.stop_at > self.shutdown_grace_s:
-                    if w.eof and w.exit is None and now - w.stop_at > self.shutdown_grace_s + 1.0:
+                elif w.state == STOPPING and w.stop_at is not None and now - w.stop_at > self._cfg.shutdown_grace_s:
+                    if w.eof and w.exit is None and now - w.stop_at > self._cfg.shutdown_grace_s + 1.0:
                         finals.append(w)
                     else:
                         kills.append((w, w.kill_reason or "stop timeout"))
@@ -412,29 +443,29 @@ class _Supervisor(_PoolState):
                 # cancelled calls that overstayed their grace
                 if w.state in (READY, RETIRING, DRAINING):
                     for c in list(w.inflight.values()):
-                        if c.abandoned and c.kill_at is not None and now >= c.kill_at and self._is_running(w, c):
+                        if c.abandoned and c.kill_at is not None and now >= c.kill_at and self._dispatch.is_running(w, c):
                             kills.append((w, "cancel ignored"))
                             break
-            if active < self.size and now >= self._next_start_at:
-                spawn = self.size - active
-            expired = self._sessions.expire(now) if slow else []
+            if active < self._cfg.size and now >= self._next_start_at:
+                spawn = self._cfg.size - active
+            expired = self._s.sessions.expire(now) if slow else []
         for w in stops:
-            self._send_msg(w, [P.STOP])  # it exits once idle; SIGKILL after the grace period
+            self._io.send_msg(w, [P.STOP])  # it exits once idle; SIGKILL after the grace period
         for w, why in kills:
             if why == "start timeout":
-                self._drain_stderr(w.err_fd, w)
-                self._start_failed(
+                self._io.drain_stderr(w.err_fd, w)
+                self.start_failed(
                     WorkerStartError(
-                        f"pool {self.name!r}: worker {w.pid or '?'} not ready after {self.start_timeout_s} s. "
+                        f"pool {self._cfg.name!r}: worker {w.pid or '?'} not ready after {self._cfg.start_timeout_s} s. "
                         f"Its stderr ends with:\n{_tail(w.err_tail)}",
-                        pool=self.name,
+                        pool=self._cfg.name,
                         stderr_tail=_tail(w.err_tail),
                     )
                 )
-            self._kill(w, why)
+            self.kill(w, why)
         for w in finals:
-            self._finalize(w, "hung up")
+            self.finalize(w, "hung up")
         for _ in range(spawn):
-            self._spawn_worker()
+            self.spawn_worker()
         if expired:
-            self._drop_in_workers(expired)
+            self._dispatch.drop_in_workers(expired)
