@@ -67,7 +67,7 @@ def bm25_search(question: str, refined_queries: list[str]) -> list[str]:
 
 def merge(bm25_passages: list[str], dense_hits: list[dict[str, Any]], colbert_hits: list[dict[str, Any]]) -> list[str]:
     texts = [*bm25_passages, *(h["text"] for h in dense_hits), *(h["text"] for h in colbert_hits)]
-    # The best 3: more passages give the 0.5B reader near-misses to copy (6: 71%, 3: 85% in bench_quality).
+    # The best 3: more passages give the 0.5B reader near-misses to copy (6: 71%, 3: 85%; bench/results/quality.md).
     return list(dict.fromkeys(texts))[:3]
 
 
