@@ -190,6 +190,39 @@ def fast_greedy_grammar() -> None:
     Llama._init_sampler = init_sampler  # type: ignore[method-assign,assignment]
 
 
+def bounded_prompt_cache() -> None:
+    """Keep the RAM prompt cache within its ``--cache_size``.
+
+    llama-cpp-python's ``LlamaRAMCache`` counts only each entry's KV bytes, but every
+    saved ``LlamaState`` also copies the logits rows: up to n_batch x n_vocab floats,
+    311 MB per entry with Qwen2.5's 151,936-token vocabulary. Measured: during a MIPROv2
+    run the server grew to 23.7 GB and the kernel OOM-killed it. With ``logits_all`` off
+    only the last row is ever read (and a restored state is decoded again before
+    sampling), so keep that row alone, and count every byte an entry holds.
+    """
+    from llama_cpp import llama_cache
+    from llama_cpp.llama import Llama, LlamaState
+
+    original = Llama.save_state
+
+    def save_state(self: Any) -> LlamaState:
+        state = original(self)
+        if not self._logits_all and len(state.scores) > 1:
+            state.scores = state.scores[-1:].copy()  # load_state broadcasts it over the rows
+        return state
+
+    def cache_size(self: Any) -> int:
+        return sum(entry_bytes(state) for state in self.cache_state.values())
+
+    Llama.save_state = save_state  # type: ignore[method-assign]
+    llama_cache.LlamaRAMCache.cache_size = property(cache_size)  # type: ignore[assignment,method-assign]
+
+
+def entry_bytes(state: Any) -> int:
+    """What one cached prompt state really holds: KV data, logits rows and token ids."""
+    return int(state.llama_state_size) + int(state.scores.nbytes) + int(state.input_ids.nbytes)
+
+
 def main(argv: list[str]) -> None:
     args = list(argv)
     if "--dspex-parent-pid" in args:
@@ -199,6 +232,7 @@ def main(argv: list[str]) -> None:
         arm_parent_death_signal(parent)
     disable_extra_buffer_types()
     guard_grammar()
+    bounded_prompt_cache()
     if os.environ.get("DSPEX_LOCAL_FAST_GRAMMAR", "1").strip() not in ("0", "false", "no"):
         fast_greedy_grammar()
     sys.argv = ["llama_cpp.server", *args]
