@@ -1,6 +1,6 @@
 """Questions about the shipped solar_system corpus with gold facts, for bench_quality.py.
 
-None of them is one of the main job's training questions (examples/research_assistant.py
+None of them is one of the main job's training questions (examples/_research_trainset.py
 TRAIN) or its default question. ``gold``: an answer is right when it contains any of
 these strings (case-insensitive); ``pids``: the passages that state the fact (for
 retrieval recall@k).

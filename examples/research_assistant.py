@@ -30,6 +30,7 @@ from typing import Any
 
 import dspex
 from _common import print_trace, report_error, setup
+from _research_trainset import TRAIN
 from dspex.native.colbert_server import ColBERTv2Server
 from dspex.native.retrieve import BM25
 from dspex.pipeline import Pipeline, PipelineResult, native, parallel, pipeline, worker
@@ -39,21 +40,13 @@ PROGRAM = Path(__file__).resolve().parent / "research_program.json"
 # Replies from the embedded model are capped here: the grammar shares the cap among the
 # fields, so a CPU-bound small model writes short fields and each call takes seconds.
 EMBEDDED_MAX_TOKENS = 256
-TRAIN = [  # questions about the shipped corpus: a model answer (the demos MIPROv2 may keep) and its key fact
-    {"question": "Which planet is closest to the Sun?", "answer": "Mercury is the closest planet to the Sun.", "fact": "Mercury"},
-    {"question": "Which planet has the Great Red Spot?", "answer": "Jupiter has the Great Red Spot, a giant storm.", "fact": "Jupiter"},
-    {"question": "What is the largest moon of Saturn?", "answer": "Titan is the largest moon of Saturn.", "fact": "Titan"},
-    {"question": "Which planet is known as the Red Planet?", "answer": "Mars is known as the Red Planet.", "fact": "Mars"},
-    {"question": "How many known moons does Uranus have?", "answer": "Uranus has 28 known moons.", "fact": "28"},
-    {"question": "Which spacecraft mapped almost all of Venus with radar?", "answer": "Magellan mapped almost all of Venus with radar.", "fact": "Magellan"},
-    {"question": "Which moon of Jupiter has an icy crust over a global ocean?", "answer": "Europa has an icy crust over a global ocean.", "fact": "Europa"},
-    {"question": "How many Earth years does Saturn take to orbit the Sun?", "answer": "Saturn takes 29.5 Earth years to orbit the Sun.", "fact": "29.5"},
-]
-# MIPROv2 kept small: 4 instruction / demo candidates, 8 trials over the validation questions.
+# MIPROv2 kept small: 4 instruction / demo candidates, 8 trials over the validation questions
+# (it splits the 48 training questions 10 / 38). Up to 2 labeled demos, which carry the gold
+# rationale of training_example(), and 1 bootstrapped one.
 # The proposer sees neither the program's source nor a dataset summary: both add long prompts
 # and calls on a CPU-bound model without changing the plumbing.
 MIPRO_OPTIONS: dict[str, Any] = dict(
-    auto=None, num_candidates=4, num_trials=8, seed=7, max_bootstrapped_demos=1, max_labeled_demos=1, minibatch=False,
+    auto=None, num_candidates=4, num_trials=8, seed=7, max_bootstrapped_demos=1, max_labeled_demos=2, minibatch=False,
     program_aware_proposer=False, data_aware_proposer=False,
 )
 _bm25 = BM25.from_path("solar_system")
@@ -107,11 +100,20 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def training_example(example: dict[str, str]) -> dict[str, Any]:
+    """A training question with the best 3 BM25 passages (what the reader sees in the main job) and
+    a gold rationale quoting the passage that holds the fact: demos MIPROv2 takes from the
+    trainset then show the 0.5B reader how to pick the one passage that answers (bench/results/quality.md)."""
+    context = [h["text"] for h in _bm25.search(example["question"], 3)]
+    source = next((t for t in context if example["fact"].lower() in t.lower()), context[0])
+    return {**example, "context": context, "reasoning": f"The passage '{source.split(' | ', 1)[-1]}' answers the question."}
+
+
 def optimize_synthesis(lm: Any, path: Path) -> None:
     """Optimize the synthesis program with MIPROv2 (in the `optimizer` pool) and save its state."""
     print(f"optimizing the synthesis program with MIPROv2 (once; saved to {path.name}) ...", flush=True)
     started = time.monotonic()
-    trainset = [{**ex, "context": bm25_search(ex["question"], [])} for ex in TRAIN]
+    trainset = [training_example(ex) for ex in TRAIN]
     result = dspex.optimize(dspex.ChainOfThought(SYNTHESIS), trainset, optimizer="miprov2",
                             metric=answer_match, lm=lm, **MIPRO_OPTIONS)
     state = json.dumps(result.state, indent=1, ensure_ascii=False) + "\n"

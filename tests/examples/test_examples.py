@@ -113,6 +113,35 @@ def test_main_job_reuses_the_shipped_program_and_reoptimizes_atomically(
     assert [p.name for p in tmp_path.iterdir()] == ["program.json"]  # no temp file left behind
 
 
+def test_training_examples_quote_the_passage_with_the_fact_and_stay_off_the_benchmark() -> None:
+    module = _load("research_assistant")
+    sys.path.insert(0, str(EXAMPLES.parent / "bench"))
+    from quality_questions import QUESTIONS
+
+    corpus = Path(dspex.__file__).parent / "data" / "corpus" / "solar_system.jsonl"
+    by_text = {row["text"]: row["pid"] for row in map(json.loads, corpus.read_text().splitlines())}
+    bench_pids = {pid for q in QUESTIONS for pid in q["pids"]}  # type: ignore[attr-defined]
+    bench_questions = {str(q["question"]).lower() for q in QUESTIONS}
+    assert len(module.TRAIN) >= 40
+    for example in module.TRAIN:
+        row = module.training_example(example)
+        assert len(row["context"]) == 3 and example["question"].lower() not in bench_questions
+        assert example["fact"].lower() in example["answer"].lower()
+        source = [t for t in row["context"] if example["fact"].lower() in t.lower()]
+        assert source, f"no passage holds the fact of {example['question']!r}"
+        assert source[0].split(" | ", 1)[1] in row["reasoning"]
+        assert by_text.get(source[0]) not in bench_pids, example["question"]  # the bench's passages stay unseen
+
+
+def test_the_shipped_program_is_an_optimized_one() -> None:
+    """The shipped state is MIPROv2's pick, not DSPy's blank program (bench: main vs main-unoptimized)."""
+    predict = json.loads((EXAMPLES / "research_program.json").read_text())["predict"]
+    default = "Given the fields `question`, `context`, produce the fields `answer`."
+    assert predict["demos"] or predict["signature"]["instructions"] != default
+    for demo in predict["demos"]:
+        assert {"question", "context", "answer"} <= set(demo)
+
+
 @pytest.mark.timeout(120)
 def test_main_job_failure_is_one_line_with_the_fix(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nobody listens on
