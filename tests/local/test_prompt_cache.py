@@ -3,7 +3,7 @@
 llama-cpp-python counts only an entry's KV bytes while each entry also copies the
 logits rows (311 MB with Qwen2.5's vocabulary): unpatched, the embedded server was
 OOM-killed at 23.7 GB during a MIPROv2 run. ``_server.bounded_prompt_cache`` keeps one
-row and counts every byte.
+row (restored states are decoded again before sampling) and counts every byte.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ _SCRIPT = textwrap.dedent(
     again = run()    # prompts found in the cache resume from a restored state
     print(json.dumps({"plain": plain, "cached": cached, "again": again, "rows_before": rows_before,
                       "rows_after": len(state.scores), "cap": cap, "size": cache.cache_size,
-                      "real": sum(_server.entry_bytes(s) for s in cache.cache_state.values()),
+                      "real": sum(s.llama_state_size + s.scores.nbytes + s.input_ids.nbytes
+                                  for s in cache.cache_state.values()),
                       "entries": len(cache.cache_state)}))
     """
 )

@@ -197,8 +197,9 @@ def bounded_prompt_cache() -> None:
     saved ``LlamaState`` also copies the logits rows: up to n_batch x n_vocab floats,
     311 MB per entry with Qwen2.5's 151,936-token vocabulary. Measured: during a MIPROv2
     run the server grew to 23.7 GB and the kernel OOM-killed it. With ``logits_all`` off
-    only the last row is ever read (and a restored state is decoded again before
-    sampling), so keep that row alone, and count every byte an entry holds.
+    the saved rows are never read: a restored state re-decodes at least its last prompt
+    token before sampling (``_requires_eval``, prefix reuse stops one token short). So
+    keep one row (``load_state`` broadcasts it) and count every byte an entry holds.
     """
     from llama_cpp import llama_cache
     from llama_cpp.llama import Llama, LlamaState
@@ -208,7 +209,7 @@ def bounded_prompt_cache() -> None:
     def save_state(self: Any) -> LlamaState:
         state = original(self)
         if not self._logits_all and len(state.scores) > 1:
-            state.scores = state.scores[-1:].copy()  # load_state broadcasts it over the rows
+            state.scores = state.scores[-1:].copy()
         return state
 
     def cache_size(self: Any) -> int:
