@@ -131,11 +131,12 @@ def json_replies(draw: st.DrawFn, s: dict[str, Any]) -> str:
     if style == 2:
         return f"Here is the answer:\n{body}\nHope it helps."
     compact = json.dumps(_jsonish(obj))
-    if style == 3 and "\\\\\\u" not in compact:
+    if style == 3 and "\\\\\\u" not in compact and "\\\\\\\"" not in compact:
         # Missing closing brace, compact JSON only: on truncated *indented* JSON json_repair
         # makes guesses (it drops an empty nested array) that dspex does not copy. Nor when an
         # escaped backslash precedes a \uXXXX escape: truncated, json_repair reads
-        # "\\\u001f" as a backslash and the text "u001f" (dspex decodes the escape).
+        # "\\\u001f" as a backslash and the text "u001f" (dspex decodes the escape). Nor
+        # before an escaped quote (test_truncated_json_with_an_escaped_backslash_and_quote).
         return compact.rstrip("}")
     if style == 4 and _plain_strings(obj):
         # A Python dict: single quotes, True/None. (Only with plain strings: json_repair
@@ -162,6 +163,24 @@ def test_json_parse_matches_dspy(data: st.DataObject) -> None:
 
 
 # ---- fixed cases -----------------------------------------------------------
+
+
+def test_truncated_json_with_an_escaped_backslash_and_quote() -> None:
+    """Found by the property test above: json_repair reads the truncated reply differently
+    from the complete one (where DSPy itself fails); dspex reads both the same way."""
+    s = {"spec": " -> question: Literal['\"']", "instructions": None, "inputs": {},
+         "outputs": {"question": ("literal", ['"'])}, "descs": {}}
+    ours, theirs = _both(s)
+    complete = '{"question": "\\"\\\\\\"\\"", "extra_key": 1}'
+    truncated = complete.rstrip("}")
+    assert oracle.dspy_parse("json", theirs, complete)[0] == "error"
+    assert oracle.dspy_parse("json", theirs, truncated) == ("ok", {"question": '"'})  # json_repair's guess
+    errors = []
+    for text in (complete, truncated):
+        with pytest.raises(ParseError) as info:
+            ADAPTERS["json"].parse(ours, text)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "not one of" in errors[0]
 
 FORMAT_CASES = [
     ("question -> answer", None, [], {"question": "What is 2+2?"}),

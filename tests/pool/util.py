@@ -32,8 +32,16 @@ def alive(pid: int) -> bool:
 
 
 def busy_pid(p: Pool) -> int:
-    wait_for(lambda: any(w["in_flight"] for w in p.stats()["workers"]), what="a busy worker")
-    return next(w["pid"] for w in p.stats()["workers"] if w["in_flight"])
+    """A worker with a call in flight, read from the one stats snapshot that showed it
+    (a second snapshot may come after the call ended)."""
+    busy: list[int] = []
+
+    def seen() -> bool:
+        busy[:] = [w["pid"] for w in p.stats()["workers"] if w["in_flight"]]
+        return bool(busy)
+
+    wait_for(seen, what="a busy worker")
+    return busy[0]
 
 
 def full_size(p: Pool) -> bool:
